@@ -1,0 +1,148 @@
+"""Start and stop a real `tracking serve` process: used by tests, the simulator and load scripts."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+import jwt
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago on `host`."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def mint(secret: str, role: str, sub: str, ttl_s: int = 3600) -> str:
+    """A bearer token as `tracking token` would print it."""
+    now = int(time.time())
+    return jwt.encode({"sub": sub, "role": role, "iat": now, "exp": now + ttl_s}, secret, "HS256")
+
+
+@dataclass
+class ServerProcess:
+    """A `tracking serve` subprocess on loopback with its own data dir and secret.
+
+    Use as a context manager; `stop()` sends SIGTERM, then SIGKILL after a grace period,
+    and waits, so no process is left behind.
+    """
+
+    env: Mapping[str, str] = field(default_factory=dict)
+    host: str = "127.0.0.1"
+    port: int = 0
+    workers: int = 1
+    data_dir: str = ""
+    secret: str = ""
+    startup_timeout_s: float = 90.0
+    log_path: str = ""
+    extra_args: tuple[str, ...] = ()
+    proc: subprocess.Popen[bytes] | None = None
+    _tmp: tempfile.TemporaryDirectory[str] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{self.host}:{self.port}"
+
+    def token(self, role: str, sub: str, ttl_s: int = 3600) -> str:
+        return mint(self.secret, role, sub, ttl_s)
+
+    def start(self) -> ServerProcess:
+        if not self.port:
+            self.port = free_port(self.host)
+        if not self.data_dir:
+            self._tmp = tempfile.TemporaryDirectory(prefix="tracking-data-")
+            self.data_dir = self._tmp.name
+        if not self.secret:
+            self.secret = self.env.get("TRACKING_JWT_SECRET") or secrets.token_urlsafe(32)
+        env = {**os.environ, "TRACKING_DATA_DIR": self.data_dir, "TRACKING_JWT_SECRET": self.secret}
+        env.update(self.env)
+        if not self.log_path:
+            self.log_path = str(Path(self.data_dir) / f"server-{self.port}.log")
+        cmd = [
+            sys.executable, "-m", "api.cli", "serve",
+            "--host", self.host, "--port", str(self.port), "--workers", str(self.workers),
+            *self.extra_args,
+        ]
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        self.wait_ready()
+        return self
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout_s
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                if httpx.get(self.base_url + "/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"server not ready in {self.startup_timeout_s}s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(Path(self.log_path).read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group: a crash, not a shutdown."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self, grace_s: float = 20.0) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        if self.proc is not None:
+            # Reap anything left in the group (uvicorn workers, Ray helpers it spawned).
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def cleanup(self) -> None:
+        self.stop()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.cleanup()

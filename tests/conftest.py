@@ -1,0 +1,56 @@
+"""Session-wide fixtures: one local Ray instance, and real `tracking serve` processes joined to it."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+
+import pytest
+
+from api.launcher import ServerProcess
+
+
+@pytest.fixture(scope="session")
+def ray_address() -> Iterator[str]:
+    """Start one local Ray instance for the whole test session and shut it down at the end."""
+    from engine import ray_runtime
+
+    address = ray_runtime.start_local_for_tests()
+    try:
+        yield address
+    finally:
+        ray_runtime.shutdown()
+
+
+@pytest.fixture(scope="session")
+def server_factory(
+    ray_address: str,
+) -> Iterator[Callable[..., AbstractContextManager[ServerProcess]]]:
+    """Start extra servers joined to the session's Ray instance, each in its own namespace."""
+
+    @contextmanager
+    def start(workers: int = 1, **env: str) -> Iterator[ServerProcess]:
+        full_env = {
+            "TRACKING_RAY_ADDRESS": ray_address,
+            "TRACKING_RAY_NAMESPACE": "test-" + uuid.uuid4().hex[:8],
+            **env,
+        }
+        with ServerProcess(env=full_env, workers=workers) as srv:
+            yield srv
+
+    yield start
+
+
+@pytest.fixture(scope="session")
+def server(
+    server_factory: Callable[..., AbstractContextManager[ServerProcess]],
+) -> Iterator[ServerProcess]:
+    """One real `tracking serve` on a free loopback port, shared by the e2e tests."""
+    with server_factory() as srv:
+        yield srv
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
