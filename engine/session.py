@@ -1,0 +1,187 @@
+"""One tracking session's state, its public view and its rules (pure: time comes in as `now`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from engine.errors import Expired, Forbidden
+from engine.eta import eta_seconds
+from engine.status import Status, check_transition
+
+
+@dataclass(frozen=True, slots=True)
+class Lifetimes:
+    """How long sessions live, from settings."""
+
+    session_ttl_s: float
+    delivered_ttl_s: float
+    purge_after_s: float
+    speed_kmh: float
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One accepted change of a session, as journaled and replayed in history."""
+
+    tracking_id: str
+    seq: int
+    status: Status
+    previous_status: Status | None
+    lat: float | None
+    lng: float | None
+    at: float
+
+    def history_item(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "status": self.status.value,
+            "previous_status": self.previous_status.value if self.previous_status else None,
+            "lat": self.lat,
+            "lng": self.lng,
+            "at": int(self.at),
+        }
+
+
+class Session:
+    """A delivery being tracked. Changed only through `start`, `apply_update` and `restore`."""
+
+    __slots__ = (
+        "delivered_at",
+        "dropoff_lat",
+        "dropoff_lng",
+        "eta",
+        "lat",
+        "lng",
+        "loc_ts",
+        "order_id",
+        "phone",
+        "rider_id",
+        "seq",
+        "started_at",
+        "status",
+        "tracking_id",
+        "updated_at",
+    )
+
+    def __init__(
+        self,
+        tracking_id: str,
+        order_id: str,
+        rider_id: str,
+        dropoff_lat: float,
+        dropoff_lng: float,
+        phone: str | None,
+        started_at: float,
+    ) -> None:
+        self.tracking_id = tracking_id
+        self.order_id = order_id
+        self.rider_id = rider_id
+        self.dropoff_lat = dropoff_lat
+        self.dropoff_lng = dropoff_lng
+        self.phone = phone
+        self.started_at = started_at
+        self.updated_at = started_at
+        self.status = Status.ASSIGNED
+        self.lat: float | None = None
+        self.lng: float | None = None
+        self.loc_ts: float | None = None
+        self.delivered_at: float | None = None
+        self.eta: int | None = None
+        self.seq = 1
+
+    def first_change(self) -> Change:
+        return Change(self.tracking_id, 1, Status.ASSIGNED, None, None, None, self.started_at)
+
+    # -- lifetime ---------------------------------------------------------------------------
+    def expires_at(self, lt: Lifetimes) -> float:
+        end = self.started_at + lt.session_ttl_s
+        if self.delivered_at is not None:
+            end = min(end, self.delivered_at + lt.delivered_ttl_s)
+        return end
+
+    def is_live(self, now: float, lt: Lifetimes) -> bool:
+        return now < self.expires_at(lt)
+
+    def is_purgeable(self, now: float, lt: Lifetimes) -> bool:
+        return now >= self.expires_at(lt) + lt.purge_after_s
+
+    def ensure_live(self, now: float, lt: Lifetimes) -> None:
+        if not self.is_live(now, lt):
+            raise Expired()
+
+    # -- behaviour --------------------------------------------------------------------------
+    def authorize_update(self, rider_id: str | None) -> None:
+        """`rider_id` None means a superadmin; anyone else must be this session's rider."""
+        if rider_id is not None and rider_id != self.rider_id:
+            raise Forbidden("Only this session's rider or a superadmin may update it")
+
+    def apply_update(
+        self, lat: float, lng: float, requested: Status | None, now: float, lt: Lifetimes
+    ) -> Change:
+        """Accept a location (and maybe a status step); raise Conflict and change nothing if not."""
+        new_status = check_transition(self.status, requested)
+        previous = self.status
+        self.status = new_status
+        self.lat = lat
+        self.lng = lng
+        self.loc_ts = now
+        self.updated_at = now
+        self.seq += 1
+        if new_status is Status.DELIVERED and self.delivered_at is None:
+            self.delivered_at = now
+        self.eta = eta_seconds(
+            lat, lng, self.dropoff_lat, self.dropoff_lng, new_status, lt.speed_kmh
+        )
+        return Change(
+            self.tracking_id,
+            self.seq,
+            new_status,
+            previous if previous is not new_status else None,
+            lat,
+            lng,
+            now,
+        )
+
+    # -- views ------------------------------------------------------------------------------
+    def view(self) -> dict[str, Any]:
+        """The public view of API.md (never the phone), plus `seq` and `started_at`."""
+        loc = None
+        if self.lat is not None and self.lng is not None and self.loc_ts is not None:
+            loc = {"lat": self.lat, "lng": self.lng, "timestamp": int(self.loc_ts)}
+        return {
+            "tracking_id": self.tracking_id,
+            "order_id": self.order_id,
+            "rider_id": self.rider_id,
+            "status": self.status.value,
+            "current_location": loc,
+            "dropoff": {"lat": self.dropoff_lat, "lng": self.dropoff_lng},
+            "eta_seconds": self.eta,
+            "updated_at": int(self.updated_at),
+            "seq": self.seq,
+            "started_at": int(self.started_at),
+        }
+
+    # -- persistence ------------------------------------------------------------------------
+    def to_row(self) -> tuple[Any, ...]:
+        return (
+            self.tracking_id, self.order_id, self.rider_id, self.phone,
+            self.dropoff_lat, self.dropoff_lng, self.status.value, self.lat, self.lng,
+            self.loc_ts, self.started_at, self.updated_at, self.delivered_at, self.eta, self.seq,
+        )
+
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...]) -> Session:
+        (tid, order_id, rider_id, phone, dlat, dlng, status, lat, lng, loc_ts, started_at,
+         updated_at, delivered_at, eta, seq) = row
+        s = cls(tid, order_id, rider_id, dlat, dlng, phone, started_at)
+        s.status = Status(status)
+        s.lat, s.lng, s.loc_ts = lat, lng, loc_ts
+        s.updated_at, s.delivered_at, s.eta, s.seq = updated_at, delivered_at, eta, seq
+        return s
+
+
+ROW_COLUMNS = (
+    "tracking_id", "order_id", "rider_id", "phone", "dropoff_lat", "dropoff_lng", "status",
+    "lat", "lng", "loc_ts", "started_at", "updated_at", "delivered_at", "eta", "seq",
+)

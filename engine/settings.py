@@ -1,0 +1,94 @@
+"""The one typed, frozen settings object, read from `TRACKING_*` variables at start-up."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Any, Literal
+
+import platformdirs
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from engine.session import Lifetimes
+
+SECRET_FILE = "jwt-secret"
+
+
+def _default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir("tracking", appauthor=False))
+
+
+def _default_shards() -> int:
+    return max(2, os.cpu_count() or 2)
+
+
+class Settings(BaseSettings):
+    """Service configuration: `Settings()` reads the environment, `Settings(**values)` a dict."""
+
+    model_config = SettingsConfigDict(env_prefix="TRACKING_", frozen=True, extra="ignore")
+
+    jwt_secret: str | None = None
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    ray_address: str | None = None
+    ray_namespace: str = "tracking"
+    engine: Literal["ray", "local"] = "ray"
+    shards: int = Field(default_factory=_default_shards, ge=1, le=256)
+    avg_speed_kmh: float = Field(default=30.0, gt=0, le=1000)
+    session_ttl_s: float = Field(default=86400.0, gt=0)
+    delivered_ttl_s: float = Field(default=3600.0, gt=0)
+    purge_after_s: float = Field(default=3600.0, ge=0)
+    sweep_interval_s: float = Field(default=1.0, gt=0, le=60)
+    order_service_url: str | None = None
+    notification_service_url: str | None = None
+    outbox_max_attempts: int = Field(default=0, ge=0)
+    outbox_timeout_s: float = Field(default=5.0, gt=0)
+    journal: bool = True
+    ws_queue_max: int = Field(default=256, ge=8)
+    ws_max_message_bytes: int = Field(default=65536, ge=1024)
+    tile_url: str | None = None
+
+    @field_validator("order_service_url", "notification_service_url", "ray_address", "tile_url")
+    @classmethod
+    def _blank_is_unset(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            return None
+        return v.rstrip("/") if v and v.startswith("http") else v
+
+    @property
+    def lifetimes(self) -> Lifetimes:
+        return Lifetimes(
+            session_ttl_s=self.session_ttl_s,
+            delivered_ttl_s=self.delivered_ttl_s,
+            purge_after_s=self.purge_after_s,
+            speed_kmh=self.avg_speed_kmh,
+        )
+
+    def resolved_secret(self) -> str:
+        """The JWT secret: the configured one, else one created once in the data dir and reused."""
+        if self.jwt_secret:
+            return self.jwt_secret
+        path = self.data_dir / SECRET_FILE
+        try:
+            existing = path.read_text().strip()
+        except FileNotFoundError:
+            existing = ""
+        if existing:
+            return existing
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        fresh = secrets.token_urlsafe(48)
+        # O_EXCL: two processes starting together agree on whichever wrote first.
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return path.read_text().strip()
+        with os.fdopen(fd, "w") as f:
+            f.write(fresh + "\n")
+        return fresh
+
+    def public_dict(self) -> dict[str, Any]:
+        """Settings safe to log (no secret)."""
+        d = self.model_dump(mode="json")
+        d.pop("jwt_secret", None)
+        return d
