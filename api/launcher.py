@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -125,10 +126,8 @@ class ServerProcess:
                 self.proc.wait()
         if self.proc is not None:
             # Reap anything left in the group (uvicorn workers, Ray helpers it spawned).
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
     def cleanup(self) -> None:
         self.stop()

@@ -1,0 +1,112 @@
+"""Bearer JWTs (HS256 pinned) turned into a principal, and the permission rules of API.md."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Annotated, Any
+
+import jwt
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from engine.errors import Forbidden, Unauthenticated
+
+ALGORITHM = "HS256"
+
+
+class Role(StrEnum):
+    RIDER = "rider"
+    MERCHANT = "merchant"
+    CUSTOMER = "customer"
+    SUPERADMIN = "superadmin"
+    SERVICE = "service"  # what this service presents to the order/notification services
+
+
+USER_ROLES = frozenset({Role.RIDER, Role.MERCHANT, Role.CUSTOMER, Role.SUPERADMIN})
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    sub: str
+    role: Role
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role is Role.SUPERADMIN
+
+
+def mint_token(secret: str, role: str, sub: str, ttl_s: int, now: float | None = None) -> str:
+    """A signed HS256 token with `sub`, `role`, `iat` and `exp`."""
+    issued = int(time.time() if now is None else now)
+    claims = {"sub": sub, "role": role, "iat": issued, "exp": issued + int(ttl_s)}
+    return jwt.encode(claims, secret, algorithm=ALGORITHM)
+
+
+def decode_token(secret: str, token: str) -> Principal:
+    """Verify signature (HS256 only), expiry and claims; Unauthenticated says what is wrong."""
+    try:
+        claims = jwt.decode(
+            token, secret, algorithms=[ALGORITHM],
+            options={"require": ["sub", "role", "exp"]},
+        )
+    except jwt.ExpiredSignatureError as e:
+        raise Unauthenticated("Token has expired") from e
+    except jwt.MissingRequiredClaimError as e:
+        raise Unauthenticated(f"Token is missing the {e.claim!r} claim") from e
+    except jwt.InvalidAlgorithmError as e:
+        raise Unauthenticated("Token must be signed with HS256") from e
+    except jwt.InvalidTokenError as e:
+        raise Unauthenticated(f"Invalid token: {e}") from e
+    sub, role = claims.get("sub"), claims.get("role")
+    if not isinstance(sub, str) or not sub:
+        raise Unauthenticated("Token 'sub' claim must be a non-empty string")
+    if role not in {r.value for r in USER_ROLES}:
+        raise Unauthenticated(f"Token role must be one of {sorted(r.value for r in USER_ROLES)}")
+    return Principal(sub=sub, role=Role(role))
+
+
+_bearer = HTTPBearer(auto_error=False)
+
+
+def _secret(request: Request) -> str:
+    secret: str = request.app.state.jwt_secret
+    return secret
+
+
+def optional_principal(
+    request: Request,
+    creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal | None:
+    """The caller, if a token was sent; a present but invalid token is refused."""
+    if request.headers.get("authorization") and creds is None:
+        raise Unauthenticated("Authorization header must be 'Bearer <token>'")
+    if creds is None:
+        return None
+    return decode_token(_secret(request), creds.credentials)
+
+
+def required_principal(
+    principal: Annotated[Principal | None, Depends(optional_principal)],
+) -> Principal:
+    """The caller; 401 when no token was sent."""
+    if principal is None:
+        raise Unauthenticated("A bearer token is required (Authorization: Bearer <token>)")
+    return principal
+
+
+def require_roles(*roles: Role) -> Any:
+    """A dependency admitting only the given roles (403 for the others)."""
+
+    def check(principal: Annotated[Principal, Depends(required_principal)]) -> Principal:
+        if principal.role not in roles:
+            allowed = ", ".join(r.value for r in roles)
+            raise Forbidden(f"This action needs the role {allowed}; token has {principal.role}")
+        return principal
+
+    return Depends(check)
+
+
+CurrentPrincipal = Annotated[Principal, Depends(required_principal)]
+MaybePrincipal = Annotated[Principal | None, Depends(optional_principal)]

@@ -1,0 +1,143 @@
+"""The REST endpoints of API.md (plus history and dead letters)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi.responses import JSONResponse
+
+from api.auth import CurrentPrincipal, Role, require_roles
+from api.models import ErrorBody, Health, History, StartRequest, Stats, TrackingView, UpdateRequest
+from engine.client import EngineClient
+from engine.errors import Forbidden, NotFound, TrackingError
+
+router = APIRouter()
+
+MAX_ID = 128
+
+
+def _engine(request: Request) -> EngineClient:
+    engine: EngineClient = request.app.state.engine
+    return engine
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {c: {"model": ErrorBody} for c in codes}
+
+
+TrackingId = Annotated[str, Path(description="The tracking id (TRK-...)")]
+
+
+def _check_id(tracking_id: str) -> None:
+    if len(tracking_id) > MAX_ID:
+        raise NotFound("Tracking session not found")
+
+
+@router.post(
+    "/tracking/start", status_code=201, response_model=TrackingView,
+    responses=_errors(401, 403, 409, 422),
+)
+async def start_tracking(
+    body: StartRequest, principal: CurrentPrincipal, request: Request
+) -> dict[str, Any]:
+    """Start tracking an order; the rider named in the body or a superadmin."""
+    if not principal.is_admin and not (
+        principal.role is Role.RIDER and principal.sub == body.rider_id
+    ):
+        raise Forbidden("Only the rider named in the body or a superadmin may start tracking")
+    return await _engine(request).start(
+        body.order_id, body.rider_id, body.dropoff_lat, body.dropoff_lng, body.phone
+    )
+
+
+@router.post(
+    "/tracking/update/{tracking_id}", response_model=TrackingView,
+    responses=_errors(401, 403, 404, 409, 410, 422),
+)
+async def update_tracking(
+    tracking_id: TrackingId, body: UpdateRequest, principal: CurrentPrincipal, request: Request
+) -> dict[str, Any]:
+    """Report a location (and optionally the next status); the session's rider or a superadmin."""
+    _check_id(tracking_id)
+    if not principal.is_admin and principal.role is not Role.RIDER:
+        raise Forbidden("Only the session's rider or a superadmin may update it")
+    status = body.status.value if body.status is not None else None
+    return await _engine(request).update(
+        tracking_id, body.lat, body.lng, status, None if principal.is_admin else principal.sub
+    )
+
+
+@router.get(
+    "/tracking/rider/{rider_id}", response_model=TrackingView,
+    responses=_errors(401, 403, 404),
+)
+async def rider_tracking(
+    rider_id: Annotated[str, Path(max_length=MAX_ID)],
+    principal: CurrentPrincipal,
+    request: Request,
+) -> dict[str, Any]:
+    """The rider's newest live session; that rider, a merchant or a superadmin."""
+    allowed = principal.role in (Role.MERCHANT, Role.SUPERADMIN) or (
+        principal.role is Role.RIDER and principal.sub == rider_id
+    )
+    if not allowed:
+        raise Forbidden("Only that rider, a merchant or a superadmin may read this")
+    return await _engine(request).rider_session(rider_id)
+
+
+@router.get(
+    "/tracking/{tracking_id}", response_model=TrackingView, responses=_errors(404, 410)
+)
+async def get_tracking(tracking_id: TrackingId, request: Request) -> dict[str, Any]:
+    """The public view of one session (no token needed)."""
+    _check_id(tracking_id)
+    return await _engine(request).get(tracking_id)
+
+
+@router.get(
+    "/tracking/{tracking_id}/history", response_model=History, responses=_errors(404, 410, 422)
+)
+async def tracking_history(
+    tracking_id: TrackingId,
+    request: Request,
+    since_seq: Annotated[int, Query(ge=0, le=2**62)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 500,
+) -> dict[str, Any]:
+    """Accepted locations and status changes after `since_seq`, oldest first, paged."""
+    _check_id(tracking_id)
+    engine = _engine(request)
+    await engine.get(tracking_id)  # 404 / 410 as for the view
+    items = await engine.history(tracking_id, since_seq, limit + 1)
+    more = len(items) > limit
+    items = items[:limit]
+    return {
+        "tracking_id": tracking_id,
+        "items": items,
+        "next_since_seq": items[-1]["seq"] if more and items else None,
+    }
+
+
+@router.get(
+    "/stats/tracking", response_model=Stats, responses=_errors(401, 403),
+    dependencies=[require_roles(Role.SUPERADMIN)],
+)
+async def stats(request: Request) -> dict[str, Any]:
+    """Platform statistics over live sessions; superadmin only."""
+    out = await _engine(request).stats()
+    outbox = getattr(request.app.state, "outbox_counts", None)
+    if outbox is not None:
+        out["outbox"] = await outbox()
+    return out
+
+
+@router.get("/health", response_model=Health, responses={503: {"model": Health}})
+async def health(request: Request, response: Response) -> Any:
+    """200 while every shard of the engine answers; 503 otherwise."""
+    engine = _engine(request)
+    base = {"engine": request.app.state.settings.engine, "shards": engine.n_shards}
+    try:
+        await engine.ping()
+    except TrackingError as e:
+        return JSONResponse({"status": "unavailable", "detail": e.detail, **base}, 503)
+    return {"status": "ok", **base}

@@ -1,0 +1,179 @@
+"""The async engine client the front end uses; it hides which runtime hosts the shards.
+
+Every hop to a shard is batched: per shard at most one call is in flight from this process, and
+every command that arrives meanwhile rides in the next call (as a Kafka producer lingers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
+
+from engine.errors import NotFound, TrackingError, Unavailable, from_wire
+from engine.routing import shard_of
+from engine.shard import Command, Event, Result
+from engine.stats import merge_stats
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 2000
+
+
+class Transport(Protocol):
+    """How commands and polls reach shard `i` (Ray actor calls, or in-process)."""
+
+    n_shards: int
+
+    async def call(self, shard: int, commands: Sequence[Command]) -> list[Result]: ...
+
+    async def poll(
+        self, shard: int, gateway: str, ack: int, connections: int, timeout_s: float
+    ) -> tuple[str, int, list[Event]]: ...
+
+
+BatchObserver = Callable[[int, int, float], None]  # (shard, batch size, seconds)
+
+
+class _Lane:
+    """The batching queue of one shard."""
+
+    def __init__(self, transport: Transport, shard: int, observe: BatchObserver | None) -> None:
+        self.transport = transport
+        self.shard = shard
+        self.observe = observe
+        self.pending: list[tuple[Command, asyncio.Future[Any]]] = []
+        self.busy = False
+
+    def submit(self, cmd: Command) -> asyncio.Future[Any]:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.pending.append((cmd, fut))
+        if not self.busy:
+            self.busy = True
+            asyncio.get_running_loop().create_task(self._drain())
+        return fut
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self.pending:
+                batch = self.pending[:MAX_BATCH]
+                del self.pending[:MAX_BATCH]
+                t0 = loop.time()
+                try:
+                    results = await self.transport.call(self.shard, [c for c, _ in batch])
+                except TrackingError as e:
+                    for _, f in batch:
+                        if not f.done():
+                            f.set_exception(from_wire(*e.to_wire()))
+                    continue
+                except Exception as e:
+                    log.warning("shard %d call failed: %s", self.shard, e)
+                    for _, f in batch:
+                        if not f.done():
+                            f.set_exception(Unavailable(
+                                "The tracking engine is restarting a shard; retry shortly"))
+                    continue
+                if self.observe is not None:
+                    self.observe(self.shard, len(batch), loop.time() - t0)
+                for (_, f), r in zip(batch, results, strict=True):
+                    if f.done():
+                        continue
+                    if r[0] == "ok":
+                        f.set_result(r[1])
+                    else:
+                        f.set_exception(from_wire(r[1], r[2]))
+        finally:
+            self.busy = False
+
+
+class EngineClient:
+    """Start, update, read and watch sessions on whichever runtime hosts the shards."""
+
+    def __init__(self, transport: Transport, observe: BatchObserver | None = None) -> None:
+        self.transport = transport
+        self.n_shards = transport.n_shards
+        self._lanes = [_Lane(transport, i, observe) for i in range(self.n_shards)]
+
+    def shard_for(self, tracking_id: str) -> int:
+        return shard_of(tracking_id, self.n_shards)
+
+    def _send(self, shard: int, cmd: Command) -> Awaitable[Any]:
+        return self._lanes[shard].submit(cmd)
+
+    async def _all(self, cmd: Command) -> list[Any]:
+        return list(await asyncio.gather(*(self._send(i, cmd) for i in range(self.n_shards))))
+
+    # -- commands -----------------------------------------------------------------------------
+    async def start(
+        self, order_id: str, rider_id: str, dropoff_lat: float, dropoff_lng: float,
+        phone: str | None,
+    ) -> dict[str, Any]:
+        cmd = ("start", order_id, rider_id, dropoff_lat, dropoff_lng, phone)
+        view: dict[str, Any] = await self._send(shard_of(order_id, self.n_shards), cmd)
+        return view
+
+    async def update(
+        self, tracking_id: str, lat: float, lng: float, status: str | None,
+        rider_id: str | None,
+    ) -> dict[str, Any]:
+        """`rider_id` is the acting rider, or None for a superadmin."""
+        cmd = ("update", tracking_id, lat, lng, status, rider_id)
+        view: dict[str, Any] = await self._send(self.shard_for(tracking_id), cmd)
+        return view
+
+    async def get(self, tracking_id: str) -> dict[str, Any]:
+        view: dict[str, Any] = await self._send(self.shard_for(tracking_id), ("get", tracking_id))
+        return view
+
+    async def rider_session(self, rider_id: str) -> dict[str, Any]:
+        views = [v for v in await self._all(("rider", rider_id)) if v is not None]
+        if not views:
+            raise NotFound(f"Rider {rider_id} has no live tracking session")
+        best: dict[str, Any] = max(views, key=lambda v: (v["started_at"], v["updated_at"]))
+        return best
+
+    async def history(self, tracking_id: str, since_seq: int, limit: int) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = await self._send(
+            self.shard_for(tracking_id), ("history", tracking_id, since_seq, limit)
+        )
+        return items
+
+    async def stats(self) -> dict[str, Any]:
+        parts = await self._all(("stats",))
+        out = merge_stats(parts)
+        # Every API process polls every shard and reports its socket count; shard 0 is enough.
+        by_gw: dict[str, int] = parts[0].get("websocket_connections_by_gateway", {})
+        out["total_websocket_connections"] = sum(by_gw.values())
+        out["api_processes"] = len(by_gw)
+        return out
+
+    async def snapshot(self, limit_per_shard: int) -> list[list[Any]]:
+        out: list[list[Any]] = []
+        for part in await self._all(("snapshot", limit_per_shard)):
+            out.extend(part)
+        return out
+
+    async def watch(self, tracking_id: str, gateway: str) -> dict[str, Any]:
+        view: dict[str, Any] = await self._send(
+            self.shard_for(tracking_id), ("watch", tracking_id, gateway)
+        )
+        return view
+
+    async def unwatch(self, tracking_id: str, gateway: str) -> None:
+        await self._send(self.shard_for(tracking_id), ("unwatch", tracking_id, gateway))
+
+    async def ping(self) -> None:
+        """Raise unless every shard answers."""
+        await self._all(("ping",))
+
+    async def poll(
+        self, shard: int, gateway: str, ack: int, connections: int, timeout_s: float
+    ) -> tuple[str, int, list[Event]]:
+        try:
+            return await self.transport.poll(shard, gateway, ack, connections, timeout_s)
+        except TrackingError:
+            raise
+        except Exception as e:
+            raise Unavailable(f"shard {shard} poll failed: {e}") from e

@@ -1,0 +1,53 @@
+"""The in-process runtime: the same shard hosts as under Ray, in this event loop.
+
+For tests and tiny single-process deployments (`TRACKING_ENGINE=local`), as Ray Serve's local
+testing mode runs deployments without Ray.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from engine.clock import Clock, system_clock
+from engine.host import ShardHost
+from engine.settings import Settings
+from engine.shard import Command, Event, Result, Shard, ShardConfig
+from engine.store import SqliteStore, Store, shard_db_path
+
+
+def shard_config(settings: Settings, index: int) -> ShardConfig:
+    return ShardConfig(
+        index=index,
+        n_shards=settings.shards,
+        lifetimes=settings.lifetimes,
+        order_service=settings.order_service_url is not None,
+        notification_service=settings.notification_service_url is not None,
+    )
+
+
+def make_host(settings: Settings, index: int, clock: Clock = system_clock) -> ShardHost:
+    """Build shard `index` with its store, as every runtime does."""
+    store: Store | None = (
+        SqliteStore(shard_db_path(settings.data_dir, index)) if settings.journal else None
+    )
+    return ShardHost(Shard(shard_config(settings, index), store, clock), settings.sweep_interval_s)
+
+
+class LocalTransport:
+    """Shard hosts living in this process."""
+
+    def __init__(self, settings: Settings, clock: Clock = system_clock) -> None:
+        self.n_shards = settings.shards
+        self.hosts = [make_host(settings, i, clock) for i in range(settings.shards)]
+
+    async def call(self, shard: int, commands: Sequence[Command]) -> list[Result]:
+        return await self.hosts[shard].call(commands)
+
+    async def poll(
+        self, shard: int, gateway: str, ack: int, connections: int, timeout_s: float
+    ) -> tuple[str, int, list[Event]]:
+        return await self.hosts[shard].poll(gateway, ack, connections, timeout_s)
+
+    async def close(self) -> None:
+        for h in self.hosts:
+            await h.close()
