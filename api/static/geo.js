@@ -1,0 +1,126 @@
+// Geometry shared by the tracking page and the ops map: great-circle distance, Web Mercator
+// projection, viewport fitting and tile coverage. Pure functions, no DOM.
+
+export const EARTH_RADIUS_KM = 6371;
+export const TILE_SIZE = 256;
+const MAX_LAT = 85.05112878;
+
+const rad = (deg) => (deg * Math.PI) / 180;
+
+/** Great-circle distance in km (the same formula the server's ETA uses). */
+export function haversineKm(a, b) {
+  const dLat = rad(b.lat - a.lat);
+  const dLng = rad(b.lng - a.lng);
+  const h = Math.sin(dLat / 2) ** 2 + Math.cos(rad(a.lat)) * Math.cos(rad(b.lat)) * Math.sin(dLng / 2) ** 2;
+  return 2 * EARTH_RADIUS_KM * Math.asin(Math.min(1, Math.sqrt(h)));
+}
+
+/** Web Mercator "world" coordinates in [0, 1] x [0, 1] (y grows southwards). */
+export function toWorld(p) {
+  const lat = Math.max(-MAX_LAT, Math.min(MAX_LAT, p.lat));
+  const s = Math.sin(rad(lat));
+  return {
+    x: (p.lng + 180) / 360,
+    y: 0.5 - Math.log((1 + s) / (1 - s)) / (4 * Math.PI),
+  };
+}
+
+/**
+ * A viewport of `width` x `height` CSS pixels at an integer zoom that shows every point
+ * (with `padPx` of margin), centred on them. `maxZoom` keeps a lone point from filling
+ * the world with one street.
+ */
+export function fitView(points, width, height, { padPx = 32, minZoom = 1, maxZoom = 17 } = {}) {
+  const world = points.map(toWorld);
+  if (world.length === 0) world.push({ x: 0.5, y: 0.5 });
+  let x0 = Infinity, y0 = Infinity, x1 = -Infinity, y1 = -Infinity;
+  for (const w of world) {
+    x0 = Math.min(x0, w.x); x1 = Math.max(x1, w.x);
+    y0 = Math.min(y0, w.y); y1 = Math.max(y1, w.y);
+  }
+  const usableW = Math.max(1, width - 2 * padPx);
+  const usableH = Math.max(1, height - 2 * padPx);
+  const spanX = Math.max(x1 - x0, 1e-12);
+  const spanY = Math.max(y1 - y0, 1e-12);
+  const zoomFit = Math.log2(Math.min(usableW / (spanX * TILE_SIZE), usableH / (spanY * TILE_SIZE)));
+  const zoom = Math.max(minZoom, Math.min(maxZoom, Math.floor(zoomFit)));
+  return { cx: (x0 + x1) / 2, cy: (y0 + y1) / 2, zoom, width, height };
+}
+
+/** Screen position (CSS px, origin top-left of the viewport) of a lat/lng in `view`. */
+export function project(view, p) {
+  const scale = TILE_SIZE * 2 ** view.zoom;
+  const w = toWorld(p);
+  return {
+    x: (w.x - view.cx) * scale + view.width / 2,
+    y: (w.y - view.cy) * scale + view.height / 2,
+  };
+}
+
+/** True when every point is inside `view` with at least `marginPx` to spare. */
+export function viewContains(view, points, marginPx = 16) {
+  return points.every((p) => {
+    const s = project(view, p);
+    return s.x >= marginPx && s.y >= marginPx && s.x <= view.width - marginPx && s.y <= view.height - marginPx;
+  });
+}
+
+/** The tiles covering `view`: [{x, y, z, left, top, size}] in screen px. */
+export function tilesFor(view) {
+  const n = 2 ** view.zoom;
+  const scale = TILE_SIZE * n;
+  const left = view.cx * scale - view.width / 2;
+  const top = view.cy * scale - view.height / 2;
+  const tiles = [];
+  const tx0 = Math.floor(left / TILE_SIZE), tx1 = Math.floor((left + view.width) / TILE_SIZE);
+  const ty0 = Math.max(0, Math.floor(top / TILE_SIZE));
+  const ty1 = Math.min(n - 1, Math.floor((top + view.height) / TILE_SIZE));
+  for (let ty = ty0; ty <= ty1; ty++) {
+    for (let tx = tx0; tx <= tx1; tx++) {
+      tiles.push({
+        x: ((tx % n) + n) % n, y: ty, z: view.zoom,
+        left: tx * TILE_SIZE - left, top: ty * TILE_SIZE - top, size: TILE_SIZE,
+      });
+    }
+  }
+  return tiles;
+}
+
+/** Fill a `{z}/{x}/{y}` (and optional `{s}`) tile URL template. */
+export function tileUrl(template, t) {
+  const sub = "abc"[(t.x + t.y) % 3];
+  return template.replaceAll("{s}", sub).replaceAll("{z}", String(t.z))
+    .replaceAll("{x}", String(t.x)).replaceAll("{y}", String(t.y));
+}
+
+/** Metres per CSS pixel at the view's centre. */
+export function metresPerPixel(view) {
+  const lat = Math.atan(Math.sinh(Math.PI * (1 - 2 * view.cy)));
+  return (Math.cos(lat) * 2 * Math.PI * EARTH_RADIUS_KM * 1000) / (TILE_SIZE * 2 ** view.zoom);
+}
+
+/** "850 m", "2.4 km", "34 km". */
+export function formatDistance(km) {
+  if (!Number.isFinite(km)) return "";
+  if (km < 1) return `${Math.max(0, Math.round((km * 1000) / 10) * 10)} m`;
+  if (km < 10) return `${km.toFixed(1)} km`;
+  return `${Math.round(km)} km`;
+}
+
+/** A scale bar no longer than `maxPx`: {px, label} with a round distance. */
+export function scaleBar(view, maxPx = 96) {
+  const mpp = metresPerPixel(view);
+  const max = mpp * maxPx;
+  const pow = 10 ** Math.floor(Math.log10(max));
+  const metres = [5, 2, 1].map((m) => m * pow).find((m) => m <= max) ?? pow;
+  return { px: metres / mpp, label: metres >= 1000 ? `${metres / 1000} km` : `${metres} m` };
+}
+
+/** Screen offsets of a world-fixed grid with `stepPx` spacing: {xs, ys}. */
+export function gridLines(view, stepPx = 64) {
+  const origin = project(view, { lat: 0, lng: 0 });
+  const xs = [], ys = [];
+  for (let x = ((origin.x % stepPx) + stepPx) % stepPx; x < view.width; x += stepPx) xs.push(x);
+  for (let y = ((origin.y % stepPx) + stepPx) % stepPx; y < view.height; y += stepPx) ys.push(y);
+  return { xs, ys };
+}
