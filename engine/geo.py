@@ -26,7 +26,10 @@ def validate_coordinates(lat: object, lng: object, what: str = "location") -> tu
     for name, value, bound in (("lat", lat, 90.0), ("lng", lng, 180.0)):
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise InvalidInput(f"{what} {name} must be a number, got {type(value).__name__}")
-        f = float(value)
+        try:
+            f = float(value)
+        except OverflowError:  # an int beyond float range (10**400): not a finite number
+            f = math.inf
         if not math.isfinite(f):
             raise InvalidInput(f"{what} {name} must be a finite number")
         if not -bound <= f <= bound:
