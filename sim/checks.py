@@ -221,3 +221,27 @@ class StreamCheck:
     def _note(self, text: str) -> None:
         if len(self.violations) < _MAX_VIOLATIONS:
             self.violations.append(f"{self.tracking_id}: {text}")
+
+
+def check_history(items: list[dict[str, Any]], after_seq: int, upto_seq: int) -> list[str]:
+    """Problems with a history page set that should hold every seq in (after_seq, upto_seq]:
+    each exactly once, in order, with status steps the contract allows."""
+    problems: list[str] = []
+    seqs = [it.get("seq") for it in items if isinstance(it.get("seq"), int)]
+    wanted = list(range(after_seq + 1, upto_seq + 1))
+    got = [s for s in seqs if s is not None and after_seq < s <= upto_seq]
+    if got != wanted:
+        missing = sorted(set(wanted) - set(got))
+        if missing:
+            problems.append(f"history misses seqs {missing[:10]}")
+        if got != sorted(set(got)):
+            problems.append("history seqs are not strictly increasing")
+    for it in items:
+        status, prev = it.get("status"), it.get("previous_status")
+        if status not in STATUS_ORDER:
+            problems.append(f"history seq {it.get('seq')}: unknown status {status!r}")
+        elif (prev is not None and prev != status) and (
+            prev not in STATUS_ORDER or STATUS_ORDER[status] != STATUS_ORDER[prev] + 1
+        ):
+            problems.append(f"history seq {it.get('seq')}: status {prev}->{status}")
+    return problems

@@ -94,7 +94,7 @@ def test_gateway_gets_every_event_of_watched_session_in_order_and_none_of_others
         assert [s for k, s in kinds_seqs if k == "s"] == [12, 23]
         await c.unwatch(ta, gw)
         await c.update(ta, 5.62, -0.18, None, "RIDER-1")
-        _, base, after = await c.poll(c.shard_for(ta), gw, 0, 0, 0.3)
+        _, _base, after = await c.poll(c.shard_for(ta), gw, 0, 0, 0.3)
         assert [e for e in after if e[2] > 23] == []
 
     run(go())

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from sim.checks import StreamCheck
+from sim.checks import StreamCheck, check_history
 from sim.geo import contract_eta_s, haversine_km
 
 DROP = {"lat": 5.6037, "lng": -0.1869}
@@ -196,3 +196,26 @@ def test_reconnect_resumes_from_a_fresh_initial_state(cut: int) -> None:
     check.finish(7)
     assert check.gaps == 0
     assert check.out_of_order == 0
+
+
+def _items(seqs: list[int], changes: dict[int, tuple[str, str]]) -> list[dict[str, Any]]:
+    out = []
+    status = "ASSIGNED"
+    for s in seqs:
+        prev = None
+        if s in changes:
+            prev, status = changes[s]
+        out.append({"seq": s, "status": status, "previous_status": prev, "lat": 5.6, "lng": -0.18})
+    return out
+
+
+def test_history_that_covers_the_window_passes() -> None:
+    items = _items([4, 5, 6, 7], {5: ("ASSIGNED", "PICKED_UP")})
+    assert check_history(items, 3, 7) == []
+
+
+def test_history_with_a_hole_or_disorder_or_bad_step_is_caught() -> None:
+    assert check_history(_items([4, 6, 7], {}), 3, 7) == ["history misses seqs [5]"]
+    assert "not strictly increasing" in check_history(_items([4, 6, 5, 7], {}), 3, 7)[0]
+    bad = check_history(_items([4, 5], {5: ("ASSIGNED", "IN_TRANSIT")}), 3, 5)
+    assert bad == ["history seq 5: status ASSIGNED->IN_TRANSIT"]
