@@ -1,0 +1,124 @@
+"""One simulator process: drives its share of the run's deliveries and their watchers."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from sim.context import Ctx, RateLimiter, SessionTrack, SliceConfig
+from sim.plan import plan_delivery
+from sim.rider import ride, start_session
+from sim.stats import Metrics, percentile
+from sim.watcher import watch
+
+Progress = Callable[[dict[str, Any]], None]
+
+
+async def run_slice(cfg: SliceConfig, progress: Progress | None = None) -> Metrics:
+    """Run the deliveries in `cfg.indices` to completion (or the deadline); return the metrics."""
+    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+    timeout = httpx.Timeout(cfg.request_timeout_s)
+    async with httpx.AsyncClient(base_url=cfg.base_url, limits=limits, timeout=timeout) as http:
+        ctx = Ctx(cfg, http, limiter=RateLimiter(cfg.connect_rate_per_s))
+        samplers = [
+            asyncio.create_task(_sample_sockets(ctx)),
+            asyncio.create_task(_sample_loop_lag(ctx)),
+        ]
+        if progress is not None:
+            samplers.append(asyncio.create_task(_report_progress(ctx, progress)))
+        try:
+            n = len(cfg.indices)
+            tasks = [
+                asyncio.create_task(_delivery(ctx, i, k * cfg.start_spread_s / max(1, n)))
+                for k, i in enumerate(cfg.indices)
+            ]
+            await asyncio.gather(*tasks)
+        finally:
+            for s in samplers:
+                s.cancel()
+            await asyncio.gather(*samplers, return_exceptions=True)
+        ctx.metrics.open_per_s[int(ctx.now())] = ctx.open_sockets
+        if progress is not None:
+            progress(_snapshot(ctx))
+        return ctx.metrics
+
+
+async def _delivery(ctx: Ctx, index: int, start_after_s: float) -> None:
+    cfg = ctx.cfg
+    await asyncio.sleep(start_after_s)
+    plan = plan_delivery(cfg.seed, index, cfg.plan)
+    track = await start_session(ctx, plan)
+    if track is None:
+        return
+    # Which transport each rider uses is part of the seeded run, like its route.
+    use_ws = random.Random(f"transport:{cfg.seed}:{index}").random() >= cfg.http_ratio
+    track.watchers_pending = cfg.watchers_per_delivery
+    if not cfg.watchers_per_delivery:
+        track.ready.set()
+    roles = cfg.roles or ("public",)
+    watchers = [
+        asyncio.create_task(watch(ctx, track, roles[n % len(roles)], n))
+        for n in range(cfg.watchers_per_delivery)
+    ]
+    # Like a customer who opens the app once the order is assigned, watchers are in before
+    # the rider moves, so every update is one they should see.
+    try:
+        await asyncio.wait_for(track.ready.wait(), cfg.watchers_ready_timeout_s)
+    except TimeoutError:
+        ctx.metrics.error("watchers_not_ready", track.tracking_id)
+    await ride(ctx, plan, track, use_ws)
+    await asyncio.gather(*watchers)
+    ctx.metrics.sessions.append(_outcome(ctx, track))
+
+
+def _outcome(ctx: Ctx, track: SessionTrack) -> dict[str, Any]:
+    return {
+        "index": track.index,
+        "tracking_id": track.tracking_id,
+        "order_id": track.order_id,
+        "rider_id": track.rider_id,
+        "phone": track.phone,
+        "final_seq": track.final_seq,
+        "statuses": track.statuses,
+        "delivered": track.delivered,
+    }
+
+
+async def _sample_sockets(ctx: Ctx) -> None:
+    while True:
+        ctx.metrics.open_per_s[int(ctx.now())] = ctx.open_sockets
+        await asyncio.sleep(1.0 - ctx.now() % 1.0)
+
+
+async def _sample_loop_lag(ctx: Ctx, period_s: float = 0.1) -> None:
+    """How late this event loop wakes up: when it is high, measured latencies include it."""
+    while True:
+        t = time.monotonic()
+        await asyncio.sleep(period_s)
+        ctx.metrics.loop_lag_s.append(max(0.0, time.monotonic() - t - period_s))
+
+
+async def _report_progress(ctx: Ctx, progress: Progress) -> None:
+    while True:
+        await asyncio.sleep(1.0)
+        progress(_snapshot(ctx))
+
+
+def _snapshot(ctx: Ctx) -> dict[str, Any]:
+    m = ctx.metrics
+    recent = sorted(m.latency_s[-2000:])
+    return {
+        "started": m.counts["deliveries_started"],
+        "completed": m.counts["deliveries_completed"],
+        "open": ctx.open_sockets,
+        "sent": m.counts["updates_sent"],
+        "acked": m.counts["updates_acked"],
+        "received": len(m.latency_s) + m.counts["latency_unmatched"],
+        "errors": sum(m.errors.values()),
+        "p99_ms": round(percentile(recent, 99) * 1000, 1) if recent else None,
+    }

@@ -1,0 +1,233 @@
+"""A simulated rider: starts its session, then reports its plan over HTTP or its WebSocket."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Protocol
+
+import httpx
+import orjson
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import WebSocketException
+
+from sim.context import Ctx, SessionTrack
+from sim.plan import DeliveryPlan, Update
+
+
+class Refused(Exception):
+    """The server refused an update (the `detail`/`message` says why); `code` is HTTP or 'ws'."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
+
+
+class Uncertain(Exception):
+    """The update may or may not have been applied (transport failure, timeout)."""
+
+
+class Reporter(Protocol):
+    async def send(self, body: dict[str, Any]) -> dict[str, Any]: ...
+    async def close(self) -> None: ...
+
+
+class HttpReporter:
+    def __init__(self, ctx: Ctx, tracking_id: str, headers: dict[str, str]) -> None:
+        self._ctx, self._url, self._headers = ctx, f"/tracking/update/{tracking_id}", headers
+
+    async def send(self, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            r = await self._ctx.http.post(self._url, json=body, headers=self._headers)
+        except httpx.HTTPError as e:
+            raise Uncertain(type(e).__name__) from e
+        if r.status_code != 200:
+            raise Refused(str(r.status_code), _detail(r))
+        view: dict[str, Any] = r.json()
+        return view
+
+    async def close(self) -> None:
+        pass
+
+
+class WsReporter:
+    """Reports over the session's WebSocket; the ack is the rider's own copy of the broadcast."""
+
+    def __init__(self, ctx: Ctx, track: SessionTrack, ws: ClientConnection) -> None:
+        self._ctx, self._track, self._ws = ctx, track, ws
+
+    @classmethod
+    async def open(cls, ctx: Ctx, track: SessionTrack) -> WsReporter:
+        tok = ctx.token("rider", track.rider_id)
+        url = f"{ctx.cfg.ws_url}/ws/tracking/{track.tracking_id}" + (f"?token={tok}" if tok else "")
+        ws = await connect(url, compression=None, ping_interval=None, open_timeout=30)
+        first = orjson.loads(await asyncio.wait_for(ws.recv(), ctx.cfg.request_timeout_s))
+        if first.get("type") != "initial_state":
+            await ws.close()
+            raise Refused("ws", f"first message {first.get('type')!r}")
+        return cls(ctx, track, ws)
+
+    async def send(self, body: dict[str, Any]) -> dict[str, Any]:
+        want = self._track.acked_seq + 1
+        try:
+            await self._ws.send(
+                orjson.dumps({"type": "location_update", "location": body}).decode()
+            )
+            async with asyncio.timeout(self._ctx.cfg.request_timeout_s):
+                while True:
+                    msg = orjson.loads(await self._ws.recv())
+                    kind = msg.get("type")
+                    if kind == "error":
+                        raise Refused("ws", str(msg.get("message")))
+                    data = msg.get("data") or {}
+                    if kind == "location_update" and data.get("seq", 0) >= want:
+                        view: dict[str, Any] = data
+                        return view
+        except (TimeoutError, WebSocketException) as e:
+            raise Uncertain(type(e).__name__) from e
+
+    async def close(self) -> None:
+        await self._ws.close()
+
+
+def _detail(r: httpx.Response) -> str:
+    try:
+        return str(r.json().get("detail"))
+    except ValueError:
+        return r.text[:200]
+
+
+async def start_session(ctx: Ctx, plan: DeliveryPlan) -> SessionTrack | None:
+    run = ctx.cfg.run_id
+    rider_id, order_id = f"RIDER-{run}-{plan.index}", f"ORD-{run}-{plan.index}"
+    body: dict[str, Any] = {
+        "order_id": order_id,
+        "rider_id": rider_id,
+        "dropoff_lat": plan.dropoff[0],
+        "dropoff_lng": plan.dropoff[1],
+    }
+    if plan.phone:
+        body["phone"] = plan.phone
+    m = ctx.metrics
+    try:
+        r = await ctx.http.post("/tracking/start", json=body, headers=ctx.auth("rider", rider_id))
+    except httpx.HTTPError as e:
+        m.error(f"start_{type(e).__name__}", order_id)
+        return None
+    if r.status_code != 201:
+        m.error(f"start_{r.status_code}", f"{order_id}: {_detail(r)}")
+        return None
+    view = r.json()
+    if not isinstance(view.get("seq"), int):
+        m.error("start_no_seq", f"{order_id}: the view carries no int seq")
+        return None
+    track = SessionTrack(plan.index, view["tracking_id"], order_id, rider_id, plan.phone)
+    track.acked_seq = view["seq"]
+    m.counts["deliveries_started"] += 1
+    return track
+
+
+async def ride(ctx: Ctx, plan: DeliveryPlan, track: SessionTrack, use_ws: bool) -> None:
+    """Follow the plan in compressed time, one update in flight; record acks and refusals."""
+    m, cfg = ctx.metrics, ctx.cfg
+    reporter: Reporter
+    try:
+        if use_ws:
+            reporter = await WsReporter.open(ctx, track)
+        else:
+            reporter = HttpReporter(ctx, track.tracking_id, ctx.auth("rider", track.rider_id))
+    except (OSError, TimeoutError, WebSocketException, Refused) as e:
+        m.error(f"rider_ws_{type(e).__name__}", track.tracking_id)
+        track.final_seq = track.acked_seq
+        track.done.set()
+        return
+    transport = "ws" if use_ws else "http"
+    delivered = False
+    try:
+        if plan.index in cfg.invalid:  # ASSIGNED -> IN_TRANSIT skips PICKED_UP
+            await _send_invalid(ctx, reporter, plan.updates[0], "IN_TRANSIT", "PICKED_UP")
+        started = time.monotonic()
+        for u in plan.updates:
+            delay = started + u.t_s / cfg.speedup - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if ctx.now() > cfg.deadline_s:
+                m.error("rider_deadline", track.tracking_id)
+                break
+            if await _send(ctx, reporter, track, u, transport) and u.status == "DELIVERED":
+                delivered = True
+        if delivered and plan.index in cfg.invalid:  # anything after DELIVERED is refused
+            await _send_invalid(ctx, reporter, plan.updates[-1], "IN_TRANSIT", "")
+    finally:
+        await reporter.close()
+        track.final_seq = track.acked_seq
+        track.done.set()
+    if delivered:
+        m.counts["deliveries_completed"] += 1
+
+
+async def _send(ctx: Ctx, reporter: Reporter, track: SessionTrack, u: Update, via: str) -> bool:
+    m = ctx.metrics
+    want = track.acked_seq + 1
+    sent = time.monotonic()
+    track.sent_at[want] = sent
+    m.counts["updates_sent"] += 1
+    m.counts[f"updates_sent_{via}"] += 1
+    m.sent_per_s[int(ctx.now())] += 1
+    try:
+        view = await reporter.send(u.body())
+    except Refused as e:
+        del track.sent_at[want]
+        m.error(f"update_refused_{e.code}", f"{track.tracking_id} seq {want}: {e.detail}")
+        return False
+    except Uncertain as e:
+        del track.sent_at[want]
+        m.error(f"update_uncertain_{e}", track.tracking_id)
+        await _resync(ctx, track)
+        return False
+    m.ack_s.append(time.monotonic() - sent)
+    m.counts["updates_acked"] += 1
+    seq = view.get("seq")
+    if seq != want and isinstance(seq, int):
+        m.error("ack_seq_mismatch", f"{track.tracking_id}: expected seq {want}, ack says {seq}")
+        track.sent_at[seq] = track.sent_at.pop(want)
+    if isinstance(seq, int):
+        track.acked_seq = max(track.acked_seq, seq)
+    if u.status is not None:
+        if view.get("status") == u.status:
+            track.statuses.append(u.status)
+            track.delivered = u.status == "DELIVERED"
+        else:
+            m.error(
+                "ack_wrong_status",
+                f"{track.tracking_id}: sent {u.status}, got {view.get('status')}",
+            )
+    return True
+
+
+async def _send_invalid(ctx: Ctx, reporter: Reporter, u: Update, status: str, allowed: str) -> None:
+    m = ctx.metrics
+    m.counts["invalid_sent"] += 1
+    try:
+        await reporter.send({"lat": u.lat, "lng": u.lng, "status": status})
+    except Refused as e:
+        if e.code in ("409", "ws") and allowed in e.detail:
+            m.counts["invalid_rejected"] += 1
+        else:
+            m.error("invalid_wrong_refusal", f"{e.code}: {e.detail!r} (should name {allowed!r})")
+        return
+    except Uncertain as e:
+        m.error(f"invalid_uncertain_{e}")
+        return
+    m.error("invalid_accepted", f"{status} was accepted")
+
+
+async def _resync(ctx: Ctx, track: SessionTrack) -> None:
+    """After an uncertain send, learn the session's seq again so latency keys stay right."""
+    try:
+        r = await ctx.http.get(f"/tracking/{track.tracking_id}")
+        if r.status_code == 200 and isinstance(r.json().get("seq"), int):
+            track.acked_seq = r.json()["seq"]
+    except httpx.HTTPError:
+        ctx.metrics.error("resync_failed", track.tracking_id)

@@ -1,0 +1,253 @@
+"""A whole simulator run: server and stubs (when not given a URL), faults, worker processes,
+the integration checks, the report and the verdict on the expectations."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import queue
+import secrets
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, replace
+from typing import Any, TextIO
+
+import httpx
+
+from api.launcher import ServerProcess, mint
+from sim.context import SliceConfig
+from sim.expect import evaluate
+from sim.fleet import run_slice
+from sim.integrations import IntegrationReport, check_calls, expected_calls
+from sim.report import build_report, figures
+from sim.scenario import RunConfig
+from sim.stats import Metrics
+from sim.stubs import IntegrationStubs
+
+
+@dataclass(frozen=True)
+class Target:
+    url: str | None = None  # None: start a server (and the stubs) for this run
+    secret: str | None = None  # signs tokens; for an external server, its TRACKING_JWT_SECRET
+    stubs: IntegrationStubs | None = None  # stubs an external server was started against
+    log: TextIO = sys.stderr
+
+
+def run(cfg: RunConfig, target: Target) -> dict[str, Any]:
+    """Run `cfg` to completion; the report carries `failed_expectations`."""
+    with ExitStack() as stack:
+        stubs = target.stubs
+        secret: str | None
+        fallback: str | None
+        if target.url is None:
+            stubs = stubs or stack.enter_context(IntegrationStubs())
+            env = {**stubs.env(), **cfg.server_env}
+            print(f"sim: starting a server ({cfg.server_workers} worker(s))...", file=target.log)
+            srv = stack.enter_context(ServerProcess(env=env, workers=cfg.server_workers))
+            base, ws, secret, fallback = srv.base_url, srv.ws_url, srv.secret, None
+        else:
+            base = target.url.rstrip("/")
+            ws = "ws" + base.removeprefix("http")
+            secret = target.secret or os.environ.get("TRACKING_JWT_SECRET")
+            fallback = None if secret else _cli_token()
+        if stubs is not None:
+            stack.enter_context(_receiver_faults(cfg, stubs))
+        t0 = time.monotonic()
+        base_slice = SliceConfig(
+            base_url=base,
+            ws_url=ws,
+            run_id=secrets.token_hex(4),
+            seed=cfg.seed,
+            indices=(),
+            plan=cfg.plan,
+            speedup=cfg.speedup,
+            http_ratio=cfg.http_ratio,
+            watchers_per_delivery=cfg.watchers_per_delivery,
+            roles=cfg.roles,
+            secret=secret,
+            fallback_token=fallback,
+            t0_monotonic=t0,
+            deadline_s=cfg.timeout_s,
+            start_spread_s=cfg.start_spread_s,
+            connect_rate_per_s=cfg.connect_rate_per_s / cfg.procs,
+            eta_speed_kmh=cfg.eta_speed_kmh,
+            reconnect=cfg.deliveries_with("watcher_reconnect"),
+            invalid=cfg.deliveries_with("invalid_transition"),
+            **_reconnect_settings(cfg),
+        )
+        slices = [
+            replace(base_slice, indices=tuple(range(k, cfg.riders, cfg.procs)))
+            for k in range(cfg.procs)
+        ]
+        progress = _ProgressLine(target.log, cfg)
+        metrics = _run_slices(slices, progress.update)
+        progress.close()
+        duration = time.monotonic() - t0
+        integ: dict[str, Any] | None = None
+        if stubs is not None:
+            integ = _wait_integrations(cfg, stubs, metrics, secret, target.log).as_dict()
+        info = {"url": base, "started_by_sim": target.url is None, "procs": cfg.procs}
+        info["server_stats"] = _server_stats(base, secret)
+        report = build_report(cfg, metrics, duration_s=duration, integrations=integ, target=info)
+        report["failed_expectations"] = evaluate(cfg.expect, figures(report))
+        return report
+
+
+def _reconnect_settings(cfg: RunConfig) -> dict[str, Any]:
+    f = cfg.fault("watcher_reconnect")
+    if f is None:
+        return {}
+    return {"reconnect_after_messages": f.after_messages, "reconnect_down_s": f.down_s}
+
+
+def _cli_token() -> str:
+    """Without the server's secret, ask `tracking token` (it reads the secret from the data dir)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "api.cli", "token", "--role", "superadmin", "--sub", "sim"],
+        check=True, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    return out.stdout.strip()
+
+
+@contextmanager
+def _receiver_faults(cfg: RunConfig, stubs: IntegrationStubs) -> Iterator[None]:
+    timers: list[threading.Timer] = []
+    for f in cfg.faults:
+        stub = stubs.orders if f.service == "orders" else stubs.notifications
+        if f.kind == "receiver_down":
+            assert f.seconds is not None
+            timers.append(threading.Timer(f.at_s, stub.go_down, (f.seconds,)))
+        elif f.kind == "receiver_failing":
+            kw = {"calls": f.calls, "seconds": f.seconds}
+            timers.append(threading.Timer(f.at_s, stub.set_failing, (f.status,), kw))
+    for t in timers:
+        t.daemon = True
+        t.start()
+    try:
+        yield
+    finally:
+        for t in timers:
+            t.cancel()
+
+
+def _wait_integrations(
+    cfg: RunConfig, stubs: IntegrationStubs, m: Metrics, secret: str | None, log: TextIO
+) -> IntegrationReport:
+    """At-least-once delivery with retries is asynchronous: give it time to arrive."""
+    expected = [expected_calls(s) for s in m.sessions]
+    deadline = time.monotonic() + cfg.integration_wait_s
+    waiting = False
+    while True:
+        rep = check_calls(expected, stubs.orders.requests, stubs.notifications.requests, secret)
+        if rep.complete or time.monotonic() >= deadline:
+            return rep
+        if not waiting:
+            waiting = True
+            print(
+                f"sim: waiting up to {cfg.integration_wait_s:g} s for order/notification calls",
+                file=log,
+            )
+        time.sleep(0.5)
+
+
+def _server_stats(base: str, secret: str | None) -> Any:
+    if not secret:
+        return None
+    headers = {"Authorization": f"Bearer {mint(secret, 'superadmin', 'sim')}"}
+    try:
+        r = httpx.get(base + "/stats/tracking", headers=headers, timeout=10)
+        return r.json() if r.status_code == 200 else {"status": r.status_code}
+    except (httpx.HTTPError, ValueError) as e:
+        return {"error": type(e).__name__}
+
+
+def _run_slice_in_loop(cfg: SliceConfig, progress: Callable[[dict[str, Any]], None]) -> Metrics:
+    try:
+        import uvloop
+
+        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    except ImportError:  # pragma: no cover - uvloop comes with uvicorn[standard]
+        runner = asyncio.Runner()
+    with runner:
+        return runner.run(run_slice(cfg, progress))
+
+
+def _worker(cfg: SliceConfig, k: int, out: Any) -> None:
+    metrics = _run_slice_in_loop(cfg, lambda snap: out.put(("progress", k, snap)))
+    out.put(("done", k, metrics))
+
+
+def _run_slices(
+    slices: list[SliceConfig], progress: Callable[[int, dict[str, Any]], None]
+) -> Metrics:
+    if len(slices) == 1:
+        return _run_slice_in_loop(slices[0], lambda snap: progress(0, snap))
+    # spawn, not fork: this process runs stub threads and may hold a server's pipes.
+    mp = multiprocessing.get_context("spawn")
+    results: Any = mp.Queue()
+    procs = [
+        mp.Process(target=_worker, args=(s, k, results), daemon=True) for k, s in enumerate(slices)
+    ]
+    for p in procs:
+        p.start()
+    merged, done = Metrics(), 0
+    limit = time.monotonic() + slices[0].deadline_s + 120
+    try:
+        while done < len(procs):
+            try:
+                kind, k, payload = results.get(timeout=1.0)
+            except queue.Empty:
+                if time.monotonic() > limit or not any(p.is_alive() for p in procs):
+                    merged.error("worker_lost", "a simulator process ended without results")
+                    break
+                continue
+            if kind == "progress":
+                progress(k, payload)
+            else:
+                merged.merge(payload)
+                done += 1
+    finally:
+        for p in procs:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.kill()
+                p.join()
+    return merged
+
+
+class _ProgressLine:
+    """One live status line: deliveries done, sockets open, updates sent, p99 so far."""
+
+    def __init__(self, out: TextIO, cfg: RunConfig) -> None:
+        self._out, self._cfg = out, cfg
+        self._snaps: dict[int, dict[str, Any]] = {}
+        self._tty = out.isatty()
+        self._t0 = time.monotonic()
+        self._last = 0.0
+
+    def update(self, k: int, snap: dict[str, Any]) -> None:
+        self._snaps[k] = snap
+        now = time.monotonic()
+        if now - self._last < (1.0 if self._tty else 5.0):
+            return
+        self._last = now
+        s = self._snaps.values()
+        p99s = [x["p99_ms"] for x in s if x["p99_ms"] is not None]
+        line = (
+            f"t={now - self._t0:5.0f}s deliveries {sum(x['completed'] for x in s)}/"
+            f"{self._cfg.riders} (started {sum(x['started'] for x in s)}) "
+            f"sockets {sum(x['open'] for x in s)} updates {sum(x['sent'] for x in s)} "
+            f"msgs {sum(x['received'] for x in s)} errors {sum(x['errors'] for x in s)} "
+            f"p99 {max(p99s) if p99s else '-'} ms"
+        )
+        print(("\r" + line) if self._tty else line, end="" if self._tty else "\n", file=self._out)
+        self._out.flush()
+
+    def close(self) -> None:
+        if self._tty:
+            print(file=self._out)
