@@ -62,7 +62,7 @@ def decode_token(secret: str, token: str) -> Principal:
     sub, role = claims.get("sub"), claims.get("role")
     if not isinstance(sub, str) or not sub:
         raise Unauthenticated("Token 'sub' claim must be a non-empty string")
-    if role not in {r.value for r in USER_ROLES}:
+    if not isinstance(role, str) or role not in {r.value for r in USER_ROLES}:
         raise Unauthenticated(f"Token role must be one of {sorted(r.value for r in USER_ROLES)}")
     return Principal(sub=sub, role=Role(role))
 
