@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from pathlib import Path
@@ -70,22 +71,27 @@ class Settings(BaseSettings):
         if self.jwt_secret:
             return self.jwt_secret
         path = self.data_dir / SECRET_FILE
-        try:
-            existing = path.read_text().strip()
-        except FileNotFoundError:
-            existing = ""
-        if existing:
-            return existing
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        fresh = secrets.token_urlsafe(48)
-        # O_EXCL: two processes starting together agree on whichever wrote first.
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            return path.read_text().strip()
-        with os.fdopen(fd, "w") as f:
-            f.write(fresh + "\n")
-        return fresh
+        if not path.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            # Written whole to a private file, then linked into place: link fails when the name
+            # exists, so processes starting together agree on whichever linked first, and none
+            # ever reads a half-written (empty) secret.
+            tmp = path.with_name(f".{SECRET_FILE}.{os.getpid()}.{secrets.token_hex(4)}")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                with os.fdopen(fd, "w") as f:
+                    f.write(secrets.token_urlsafe(48) + "\n")
+                with contextlib.suppress(FileExistsError):
+                    os.link(tmp, path)
+            finally:
+                tmp.unlink()
+        secret = path.read_text().strip()
+        if not secret:
+            raise RuntimeError(
+                f"the JWT secret file {path} is empty: delete it (a new secret is then created)"
+                " or set TRACKING_JWT_SECRET"
+            )
+        return secret
 
     def public_dict(self) -> dict[str, Any]:
         """Settings safe to log (no secret)."""
