@@ -8,7 +8,16 @@ from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from api.auth import CurrentPrincipal, Role, require_roles
-from api.models import ErrorBody, Health, History, StartRequest, Stats, TrackingView, UpdateRequest
+from api.models import (
+    DeadLetters,
+    ErrorBody,
+    Health,
+    History,
+    StartRequest,
+    Stats,
+    TrackingView,
+    UpdateRequest,
+)
 from engine.client import EngineClient
 from engine.errors import Forbidden, NotFound, TrackingError
 
@@ -20,6 +29,11 @@ MAX_ID = 128
 def _engine(request: Request) -> EngineClient:
     engine: EngineClient = request.app.state.engine
     return engine
+
+
+def _json(body: bytes, status: int = 200) -> Response:
+    # The engine already encoded the view; skip re-validating and re-encoding it per request.
+    return Response(content=body, status_code=status, media_type="application/json")
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -40,15 +54,16 @@ def _check_id(tracking_id: str) -> None:
 )
 async def start_tracking(
     body: StartRequest, principal: CurrentPrincipal, request: Request
-) -> dict[str, Any]:
+) -> Response:
     """Start tracking an order; the rider named in the body or a superadmin."""
     if not principal.is_admin and not (
         principal.role is Role.RIDER and principal.sub == body.rider_id
     ):
         raise Forbidden("Only the rider named in the body or a superadmin may start tracking")
-    return await _engine(request).start(
+    view = await _engine(request).start_json(
         body.order_id, body.rider_id, body.dropoff_lat, body.dropoff_lng, body.phone
     )
+    return _json(view, 201)
 
 
 @router.post(
@@ -57,15 +72,16 @@ async def start_tracking(
 )
 async def update_tracking(
     tracking_id: TrackingId, body: UpdateRequest, principal: CurrentPrincipal, request: Request
-) -> dict[str, Any]:
+) -> Response:
     """Report a location (and optionally the next status); the session's rider or a superadmin."""
     _check_id(tracking_id)
     if not principal.is_admin and principal.role is not Role.RIDER:
         raise Forbidden("Only the session's rider or a superadmin may update it")
     status = body.status.value if body.status is not None else None
-    return await _engine(request).update(
+    view = await _engine(request).update_json(
         tracking_id, body.lat, body.lng, status, None if principal.is_admin else principal.sub
     )
+    return _json(view)
 
 
 @router.get(
@@ -89,10 +105,10 @@ async def rider_tracking(
 @router.get(
     "/tracking/{tracking_id}", response_model=TrackingView, responses=_errors(404, 410)
 )
-async def get_tracking(tracking_id: TrackingId, request: Request) -> dict[str, Any]:
+async def get_tracking(tracking_id: TrackingId, request: Request) -> Response:
     """The public view of one session (no token needed)."""
     _check_id(tracking_id)
-    return await _engine(request).get(tracking_id)
+    return _json(await _engine(request).get_json(tracking_id))
 
 
 @router.get(
@@ -129,6 +145,20 @@ async def stats(request: Request) -> dict[str, Any]:
     if outbox is not None:
         out["outbox"] = await outbox()
     return out
+
+
+@router.get(
+    "/outbox/dead-letters", response_model=DeadLetters, responses=_errors(401, 403),
+    dependencies=[require_roles(Role.SUPERADMIN)],
+)
+async def dead_letters(
+    request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+) -> dict[str, Any]:
+    """Calls to the order/notification services that were refused (4xx) or ran out of
+    attempts, newest first; superadmin only."""
+    fetch = getattr(request.app.state, "outbox_dead_letters", None)
+    items = await fetch(limit) if fetch is not None else []
+    return {"items": items}
 
 
 @router.get("/health", response_model=Health, responses={503: {"model": Health}})

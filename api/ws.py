@@ -115,7 +115,7 @@ async def _handle(
     except ValidationError as e:
         return _error("invalid update: " + describe_validation(list(e.errors())))
     try:
-        await engine.update(
+        await engine.update_json(
             tracking_id, body.lat, body.lng,
             body.status.value if body.status is not None else None,
             None if principal.is_admin else principal.sub,

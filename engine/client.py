@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
+
+import orjson
 
 from engine.errors import NotFound, TrackingError, Unavailable, from_wire
 from engine.routing import shard_of
@@ -43,12 +45,13 @@ class _Lane:
         self.transport = transport
         self.shard = shard
         self.observe = observe
-        self.pending: list[tuple[Command, asyncio.Future[Any]]] = []
+        self.pending: list[tuple[Command, asyncio.Future[Any], bool]] = []
         self.busy = False
 
-    def submit(self, cmd: Command) -> asyncio.Future[Any]:
+    def submit(self, cmd: Command, decode: bool) -> asyncio.Future[Any]:
+        """Queue `cmd`; `decode` turns a JSON-encoded result into Python objects."""
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.pending.append((cmd, fut))
+        self.pending.append((cmd, fut, decode))
         if not self.busy:
             self.busy = True
             asyncio.get_running_loop().create_task(self._drain())
@@ -62,26 +65,27 @@ class _Lane:
                 del self.pending[:MAX_BATCH]
                 t0 = loop.time()
                 try:
-                    results = await self.transport.call(self.shard, [c for c, _ in batch])
+                    results = await self.transport.call(self.shard, [c for c, _, _ in batch])
                 except TrackingError as e:
-                    for _, f in batch:
+                    for _, f, _ in batch:
                         if not f.done():
                             f.set_exception(from_wire(*e.to_wire()))
                     continue
                 except Exception as e:
                     log.warning("shard %d call failed: %s", self.shard, e)
-                    for _, f in batch:
+                    for _, f, _ in batch:
                         if not f.done():
                             f.set_exception(Unavailable(
                                 "The tracking engine is restarting a shard; retry shortly"))
                     continue
                 if self.observe is not None:
                     self.observe(self.shard, len(batch), loop.time() - t0)
-                for (_, f), r in zip(batch, results, strict=True):
+                for (_, f, decode), r in zip(batch, results, strict=True):
                     if f.done():
                         continue
                     if r[0] == "ok":
-                        f.set_result(r[1])
+                        value = r[1]
+                        f.set_result(orjson.loads(value) if decode and value is not None else value)
                     else:
                         f.set_exception(from_wire(r[1], r[2]))
         finally:
@@ -99,36 +103,53 @@ class EngineClient:
     def shard_for(self, tracking_id: str) -> int:
         return shard_of(tracking_id, self.n_shards)
 
-    def _send(self, shard: int, cmd: Command) -> Awaitable[Any]:
-        return self._lanes[shard].submit(cmd)
+    def _send(self, shard: int, cmd: Command, decode: bool = False) -> asyncio.Future[Any]:
+        return self._lanes[shard].submit(cmd, decode)
 
     async def _all(self, cmd: Command) -> list[Any]:
         return list(await asyncio.gather(*(self._send(i, cmd) for i in range(self.n_shards))))
 
     # -- commands -----------------------------------------------------------------------------
-    async def start(
+    # Commands return futures rather than coroutines: the hot path then costs no task per
+    # request. The `*_json` forms give the view as the JSON bytes the shard encoded (what an
+    # HTTP reply sends as is); the others decode it.
+    def start_json(
         self, order_id: str, rider_id: str, dropoff_lat: float, dropoff_lng: float,
         phone: str | None,
-    ) -> dict[str, Any]:
+    ) -> asyncio.Future[bytes]:
         cmd = ("start", order_id, rider_id, dropoff_lat, dropoff_lng, phone)
-        view: dict[str, Any] = await self._send(shard_of(order_id, self.n_shards), cmd)
-        return view
+        return self._send(shard_of(order_id, self.n_shards), cmd)
 
-    async def update(
+    def start(
+        self, order_id: str, rider_id: str, dropoff_lat: float, dropoff_lng: float,
+        phone: str | None,
+    ) -> asyncio.Future[dict[str, Any]]:
+        cmd = ("start", order_id, rider_id, dropoff_lat, dropoff_lng, phone)
+        return self._send(shard_of(order_id, self.n_shards), cmd, decode=True)
+
+    def update_json(
         self, tracking_id: str, lat: float, lng: float, status: str | None,
         rider_id: str | None,
-    ) -> dict[str, Any]:
-        """`rider_id` is the acting rider, or None for a superadmin."""
+    ) -> asyncio.Future[bytes]:
+        """Queue an update; `rider_id` is the acting rider, None for a superadmin."""
         cmd = ("update", tracking_id, lat, lng, status, rider_id)
-        view: dict[str, Any] = await self._send(self.shard_for(tracking_id), cmd)
-        return view
+        return self._send(self.shard_for(tracking_id), cmd)
 
-    async def get(self, tracking_id: str) -> dict[str, Any]:
-        view: dict[str, Any] = await self._send(self.shard_for(tracking_id), ("get", tracking_id))
-        return view
+    def update(
+        self, tracking_id: str, lat: float, lng: float, status: str | None,
+        rider_id: str | None,
+    ) -> asyncio.Future[dict[str, Any]]:
+        cmd = ("update", tracking_id, lat, lng, status, rider_id)
+        return self._send(self.shard_for(tracking_id), cmd, decode=True)
+
+    def get_json(self, tracking_id: str) -> asyncio.Future[bytes]:
+        return self._send(self.shard_for(tracking_id), ("get", tracking_id))
+
+    def get(self, tracking_id: str) -> asyncio.Future[dict[str, Any]]:
+        return self._send(self.shard_for(tracking_id), ("get", tracking_id), decode=True)
 
     async def rider_session(self, rider_id: str) -> dict[str, Any]:
-        views = [v for v in await self._all(("rider", rider_id)) if v is not None]
+        views = [orjson.loads(v) for v in await self._all(("rider", rider_id)) if v is not None]
         if not views:
             raise NotFound(f"Rider {rider_id} has no live tracking session")
         best: dict[str, Any] = max(views, key=lambda v: (v["started_at"], v["updated_at"]))
@@ -155,11 +176,8 @@ class EngineClient:
             out.extend(part)
         return out
 
-    async def watch(self, tracking_id: str, gateway: str) -> dict[str, Any]:
-        view: dict[str, Any] = await self._send(
-            self.shard_for(tracking_id), ("watch", tracking_id, gateway)
-        )
-        return view
+    def watch(self, tracking_id: str, gateway: str) -> asyncio.Future[dict[str, Any]]:
+        return self._send(self.shard_for(tracking_id), ("watch", tracking_id, gateway), True)
 
     async def unwatch(self, tracking_id: str, gateway: str) -> None:
         await self._send(self.shard_for(tracking_id), ("unwatch", tracking_id, gateway))

@@ -163,25 +163,30 @@ class Session:
         }
 
     # -- persistence ------------------------------------------------------------------------
+    # The journal holds the session's fixed facts once (at start) and one row per accepted
+    # change; the state is the last change, so an update writes a single narrow row.
     def to_row(self) -> tuple[Any, ...]:
         return (
             self.tracking_id, self.order_id, self.rider_id, self.phone,
-            self.dropoff_lat, self.dropoff_lng, self.status.value, self.lat, self.lng,
-            self.loc_ts, self.started_at, self.updated_at, self.delivered_at, self.eta, self.seq,
+            self.dropoff_lat, self.dropoff_lng, self.started_at,
         )
 
     @classmethod
-    def from_row(cls, row: tuple[Any, ...]) -> Session:
-        (tid, order_id, rider_id, phone, dlat, dlng, status, lat, lng, loc_ts, started_at,
-         updated_at, delivered_at, eta, seq) = row
+    def restore(cls, row: tuple[Any, ...], last: Change, lt: Lifetimes) -> Session:
+        """Rebuild a session from its fixed facts and its last journaled change."""
+        tid, order_id, rider_id, phone, dlat, dlng, started_at = row
         s = cls(tid, order_id, rider_id, dlat, dlng, phone, started_at)
-        s.status = Status(status)
-        s.lat, s.lng, s.loc_ts = lat, lng, loc_ts
-        s.updated_at, s.delivered_at, s.eta, s.seq = updated_at, delivered_at, eta, seq
+        s.status = last.status
+        s.seq = last.seq
+        s.updated_at = last.at
+        if last.lat is not None and last.lng is not None:
+            s.lat, s.lng, s.loc_ts = last.lat, last.lng, last.at
+        if last.status is Status.DELIVERED:
+            s.delivered_at = last.at  # nothing is accepted after DELIVERED
+        s.eta = eta_seconds(s.lat, s.lng, dlat, dlng, s.status, lt.speed_kmh)
         return s
 
 
 ROW_COLUMNS = (
-    "tracking_id", "order_id", "rider_id", "phone", "dropoff_lat", "dropoff_lng", "status",
-    "lat", "lng", "loc_ts", "started_at", "updated_at", "delivered_at", "eta", "seq",
+    "tracking_id", "order_id", "rider_id", "phone", "dropoff_lat", "dropoff_lng", "started_at",
 )

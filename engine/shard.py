@@ -34,6 +34,8 @@ Result = tuple[Any, ...]  # ("ok", value) | ("err", code, detail)
 # update, "s" status change, "x" expired (the gateway sends the error and closes).
 Event = tuple[str, str, int, bytes]
 
+# Views travel as JSON encoded once here: the HTTP reply and every event reuse the same bytes.
+LOCATION_UPDATE = b'{"type":"location_update","data":%b}'
 EXPIRED_MESSAGE = orjson.dumps({"type": "error", "message": "Tracking session expired"})
 GATEWAY_IDLE_S = 120.0
 GATEWAY_QUEUE_MAX = 200_000
@@ -90,7 +92,7 @@ class Shard:
         self.by_rider.clear()
         self._timers.clear()
         self._expired.clear()
-        for s in sorted(self.store.load_sessions(), key=lambda s: s.started_at):
+        for s in sorted(self.store.load_sessions(self.lt), key=lambda s: s.started_at):
             self._index(s)
 
     def _index(self, s: Session) -> None:
@@ -104,22 +106,22 @@ class Shard:
         """Apply a batch, journal it in one transaction, then publish its events."""
         now = self.clock()
         results: list[Result] = []
-        dirty: dict[str, Session] = {}
+        created: list[Session] = []
         changes: list[Change] = []
         outbox: list[OutboxItem] = []
         events: list[tuple[str, str, int, bytes]] = []
         for cmd in commands:
             try:
-                value = self._apply(cmd, now, dirty, changes, outbox, events)
+                value = self._apply(cmd, now, created, changes, outbox, events)
                 results.append(("ok", value))
             except TrackingError as e:
                 results.append(("err", *e.to_wire()))
             except Exception as e:  # a bug must not take the other commands of the batch down
                 log.exception("command %r failed", cmd[:1])
                 results.append(("err", "error", f"internal error: {type(e).__name__}"))
-        if dirty or changes or outbox:
+        if changes:
             try:
-                self.store.commit(dirty.values(), changes, outbox)
+                self.store.commit(created, changes, outbox)
             except Exception:
                 log.exception("journal commit failed; reloading shard %d", self.cfg.index)
                 self._load()
@@ -134,7 +136,7 @@ class Shard:
         self,
         cmd: Command,
         now: float,
-        dirty: dict[str, Session],
+        created: list[Session],
         changes: list[Change],
         outbox: list[OutboxItem],
         events: list[tuple[str, str, int, bytes]],
@@ -145,12 +147,11 @@ class Shard:
             s = self._live(tid, now)
             s.authorize_update(rider)
             ch = s.apply_update(lat, lng, parse_status(status), now, self.lt)
-            dirty[tid] = s
             changes.append(ch)
             view = s.view()
+            encoded = orjson.dumps(view)
             if tid in self.watchers:
-                events.append((tid, "u", ch.seq,
-                               orjson.dumps({"type": "location_update", "data": view})))
+                events.append((tid, "u", ch.seq, LOCATION_UPDATE % encoded))
                 if ch.previous_status is not None:
                     data = {**view, "previous_status": ch.previous_status.value}
                     events.append((tid, "s", ch.seq,
@@ -159,19 +160,19 @@ class Shard:
                 if ch.status is Status.DELIVERED:
                     heapq.heappush(self._timers, (s.expires_at(self.lt), "x", tid))
                 outbox.extend(self._owed(s, ch))
-            return view
+            return encoded
         if op == "get":
-            return self._live(cmd[1], now).view()
+            return orjson.dumps(self._live(cmd[1], now).view())
         if op == "ping":
             return len(self.sessions)
         if op == "start":
-            return self._start(cmd, now, dirty, changes, outbox)
+            return self._start(cmd, now, created, changes, outbox)
         if op == "watch":
             _, tid, gw = cmd
-            view = self._live(tid, now).view()
+            current = orjson.dumps(self._live(tid, now).view())
             self.watchers.setdefault(tid, set()).add(gw)
             self._gateway(gw, now)
-            return view
+            return current
         if op == "unwatch":
             _, tid, gw = cmd
             ws = self.watchers.get(tid)
@@ -200,10 +201,10 @@ class Shard:
         self,
         cmd: Command,
         now: float,
-        dirty: dict[str, Session],
+        created: list[Session],
         changes: list[Change],
         outbox: list[OutboxItem],
-    ) -> dict[str, Any]:
+    ) -> bytes:
         _, order_id, rider_id, dlat, dlng, phone = cmd
         existing = self.by_order.get(order_id)
         if existing is not None:
@@ -218,11 +219,11 @@ class Shard:
             tid = new_tracking_id(self.cfg.index, self.cfg.n_shards, self._token)
         s = Session(tid, order_id, rider_id, dlat, dlng, phone, now)
         self._index(s)
-        dirty[tid] = s
+        created.append(s)
         ch = s.first_change()
         changes.append(ch)
         outbox.extend(self._owed(s, ch))
-        return s.view()
+        return orjson.dumps(s.view())
 
     def _live(self, tid: str, now: float) -> Session:
         s = self.sessions.get(tid)
@@ -231,7 +232,7 @@ class Shard:
         s.ensure_live(now, self.lt)
         return s
 
-    def _rider(self, rider_id: str, now: float) -> dict[str, Any] | None:
+    def _rider(self, rider_id: str, now: float) -> bytes | None:
         best: Session | None = None
         for tid in self.by_rider.get(rider_id, ()):
             s = self.sessions.get(tid)
@@ -239,7 +240,7 @@ class Shard:
                 best is None or s.started_at >= best.started_at
             ):
                 best = s
-        return best.view() if best is not None else None
+        return orjson.dumps(best.view()) if best is not None else None
 
     # -- reads --------------------------------------------------------------------------------
     def stats(self, now: float) -> dict[str, Any]:

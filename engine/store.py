@@ -16,7 +16,8 @@ from typing import Any, Protocol
 
 from engine.errors import TrackingError
 from engine.integrations import OutboxItem
-from engine.session import ROW_COLUMNS, Change, Session
+from engine.session import ROW_COLUMNS, Change, Lifetimes, Session
+from engine.status import Status
 
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS sessions (
@@ -59,11 +60,12 @@ class OutboxRow:
 class Store(Protocol):
     """What a shard needs from durable storage."""
 
-    def load_sessions(self) -> list[Session]: ...
+    def load_sessions(self, lt: Lifetimes) -> list[Session]: ...
 
     def commit(
-        self, sessions: Iterable[Session], changes: Sequence[Change], outbox: Sequence[OutboxItem]
-    ) -> None: ...
+        self, created: Iterable[Session], changes: Sequence[Change], outbox: Sequence[OutboxItem]
+    ) -> None:
+        """Durably record new sessions, accepted changes and owed calls, all or nothing."""
 
     def history(self, tracking_id: str, since_seq: int, limit: int) -> list[dict[str, Any]]: ...
 
@@ -75,11 +77,11 @@ class Store(Protocol):
 class NullStore:
     """No journal (benchmarks of the journal's cost; never the default)."""
 
-    def load_sessions(self) -> list[Session]:
+    def load_sessions(self, lt: Lifetimes) -> list[Session]:
         return []
 
     def commit(
-        self, sessions: Iterable[Session], changes: Sequence[Change], outbox: Sequence[OutboxItem]
+        self, created: Iterable[Session], changes: Sequence[Change], outbox: Sequence[OutboxItem]
     ) -> None:
         return None
 
@@ -124,21 +126,33 @@ class SqliteStore:
         self.path = path
         self.conn = connect(path)
 
-    def load_sessions(self) -> list[Session]:
-        cols = ", ".join(ROW_COLUMNS)
-        return [Session.from_row(r) for r in self.conn.execute(f"SELECT {cols} FROM sessions")]
+    def load_sessions(self, lt: Lifetimes) -> list[Session]:
+        cols = ", ".join("s." + c for c in ROW_COLUMNS)
+        cur = self.conn.execute(
+            f"SELECT {cols}, h.seq, h.status, h.previous_status, h.lat, h.lng, h.at"
+            " FROM sessions s JOIN history h ON h.tracking_id = s.tracking_id"
+            " AND h.seq = (SELECT MAX(seq) FROM history WHERE tracking_id = s.tracking_id)"
+        )
+        n = len(ROW_COLUMNS)
+        out = []
+        for r in cur:
+            seq, status, prev, lat, lng, at = r[n:]
+            last = Change(r[0], seq, Status(status), Status(prev) if prev else None, lat, lng, at)
+            out.append(Session.restore(r[:n], last, lt))
+        return out
 
     def commit(
-        self, sessions: Iterable[Session], changes: Sequence[Change], outbox: Sequence[OutboxItem]
+        self, created: Iterable[Session], changes: Sequence[Change], outbox: Sequence[OutboxItem]
     ) -> None:
-        rows = [s.to_row() for s in sessions]
+        rows = [s.to_row() for s in created]
         if not rows and not changes and not outbox:
             return
         marks = ", ".join("?" * len(ROW_COLUMNS))
         c = self.conn
         c.execute("BEGIN IMMEDIATE")
         try:
-            c.executemany(f"INSERT OR REPLACE INTO sessions VALUES ({marks})", rows)
+            if rows:
+                c.executemany(f"INSERT INTO sessions VALUES ({marks})", rows)
             c.executemany(
                 "INSERT OR REPLACE INTO history VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [

@@ -165,7 +165,9 @@ def test_second_process_joining_the_cluster_sees_the_same_sessions(
         f" ray_address={eut.ray_address!r}, data_dir={str(eut.settings.data_dir)!r})\n"
         "ray_runtime.init(s)\n"
         "c = EngineClient(ray_runtime.RayTransport(s))\n"
-        f"v = asyncio.run(c.get({tid!r}))\n"
+        "async def main():\n"
+        f"    return await c.get({tid!r})\n"
+        "v = asyncio.run(main())\n"
         "print(v['tracking_id'], v['order_id'])\n"
         "ray_runtime.shutdown()\n"
     )
