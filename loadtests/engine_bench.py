@@ -1,0 +1,210 @@
+"""Engine benchmark: create rate, update throughput, event latency and memory per session.
+
+Runs the engine client in this process against either runtime (no HTTP), on loopback only,
+bounded in count and time. Prints a table and writes JSON.
+
+    python -m loadtests.engine_bench --runtime ray --sessions 100000 --out out/engine-bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from engine.client import EngineClient, Transport
+from engine.settings import Settings
+
+DROP = (5.6037, -0.1869)
+
+
+def _rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def _percentile(xs: list[float], p: float) -> float:
+    if not xs:
+        return float("nan")
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, data_dir: Path) -> None:
+        self.args = args
+        self.settings = Settings(
+            data_dir=data_dir, engine=args.runtime, shards=args.shards, journal=args.journal,
+            ray_namespace=f"bench-{os.getpid()}",
+        )
+        self.pids: list[int] = []
+
+    def transport(self) -> Transport:
+        if self.args.runtime == "local":
+            from engine.local_runtime import LocalTransport
+
+            self.pids = [os.getpid()]
+            return LocalTransport(self.settings)
+        from engine import ray_runtime
+
+        ray_runtime.init(self.settings)
+        handles = ray_runtime.ensure_shards(self.settings)
+        self.pids = [ray_runtime.shard_pid(h) for h in handles]
+        return ray_runtime.RayTransport(self.settings)
+
+    def close(self) -> None:
+        if self.args.runtime == "ray":
+            from engine import ray_runtime
+
+            ray_runtime.kill_shards(self.settings)
+            ray_runtime.shutdown()
+
+    def rss_kb(self) -> int:
+        return sum(_rss_kb(p) for p in self.pids)
+
+    async def run(self) -> dict[str, Any]:
+        a = self.args
+        c = EngineClient(self.transport())
+        out: dict[str, Any] = {
+            "runtime": a.runtime, "shards": a.shards, "journal": a.journal,
+            "cpus": os.cpu_count(),
+        }
+        await c.ping()
+        rss0 = self.rss_kb()
+
+        # 1. create sessions, in waves that keep `concurrency` requests in flight
+        t0 = time.perf_counter()
+        tids: list[str] = []
+        for base in range(0, a.sessions, a.concurrency):
+            n = min(a.concurrency, a.sessions - base)
+            views = await asyncio.gather(*(
+                c.start(f"ORD-{base + i}", f"RIDER-{(base + i) % 5000}", *DROP, None)
+                for i in range(n)
+            ))
+            tids.extend(v["tracking_id"] for v in views)
+        dt = time.perf_counter() - t0
+        out["sessions"] = len(tids)
+        out["creates_per_s"] = round(len(tids) / dt)
+        await asyncio.sleep(1.0)
+        rss1 = self.rss_kb()
+        out["engine_rss_mb"] = round(rss1 / 1024, 1)
+        out["bytes_per_session"] = round((rss1 - rss0) * 1024 / max(1, len(tids)))
+
+        # 2. update throughput: keep `concurrency` updates in flight for `seconds`
+        riders = {t: f"RIDER-{i % 5000}" for i, t in enumerate(tids)}
+        done = 0
+        t0 = time.perf_counter()
+        end = t0 + a.seconds
+        i = 0
+        while time.perf_counter() < end:
+            batch = [tids[(i + k) % len(tids)] for k in range(a.concurrency)]
+            i += a.concurrency
+            await asyncio.gather(*(
+                c.update(t, 5.6 + (k % 100) * 1e-4, -0.18, None, riders[t])
+                for k, t in enumerate(batch)
+            ))
+            done += len(batch)
+        dt = time.perf_counter() - t0
+        out["updates_per_s"] = round(done / dt)
+
+        # 3. event latency at a fixed offered rate: update -> gateway poll receives it
+        out.update(await self.latency(c, tids[: a.watched], riders))
+        return out
+
+    async def latency(
+        self, c: EngineClient, tids: list[str], riders: dict[str, str]
+    ) -> dict[str, Any]:
+        a = self.args
+        gw = "gw-bench"
+        for t in tids:
+            await c.watch(t, gw)
+        sent: dict[tuple[str, int], float] = {}
+        received: dict[tuple[str, int], float] = {}
+        stop = asyncio.Event()
+
+        async def poll(shard: int) -> None:
+            ack = 0
+            while not stop.is_set():
+                _, base, events = await c.poll(shard, gw, ack, 0, 0.5)
+                now = time.perf_counter()
+                for tid, kind, seq, _msg in events:
+                    if kind == "u":
+                        received[(tid, seq)] = now
+                ack = base + len(events)
+
+        pollers = [asyncio.create_task(poll(s)) for s in range(c.n_shards)]
+        interval = 1.0 / a.rate
+        t0 = time.perf_counter()
+        n = int(a.rate * a.latency_seconds)
+        pending: set[asyncio.Task[None]] = set()
+
+        async def one(k: int) -> None:
+            t = tids[k % len(tids)]
+            t_send = time.perf_counter()
+            v = await c.update(t, 5.6 + (k % 50) * 1e-4, -0.18, None, riders[t])
+            sent[(t, v["seq"])] = t_send
+
+        for k in range(n):
+            target = t0 + k * interval
+            delay = target - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            task = asyncio.create_task(one(k))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+        await asyncio.gather(*pending)
+        await asyncio.sleep(0.5)
+        stop.set()
+        await asyncio.gather(*pollers)
+        # Matched after the run: an event may reach the gateway before the update's reply.
+        ms = [(received[k] - t) * 1000 for k, t in sent.items() if k in received]
+        return {
+            "latency_rate_per_s": a.rate,
+            "latency_samples": len(ms),
+            "latency_updates_sent": len(sent),
+            "event_latency_p50_ms": round(_percentile(ms, 50), 2),
+            "event_latency_p99_ms": round(_percentile(ms, 99), 2),
+            "event_latency_mean_ms": round(statistics.fmean(ms), 2) if ms else None,
+        }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--runtime", choices=["ray", "local"], default="ray")
+    p.add_argument("--shards", type=int, default=2)
+    p.add_argument("--sessions", type=int, default=100_000)
+    p.add_argument("--concurrency", type=int, default=2000, help="requests in flight")
+    p.add_argument("--seconds", type=float, default=10.0, help="update throughput phase")
+    p.add_argument("--rate", type=float, default=2000.0, help="updates/s in the latency phase")
+    p.add_argument("--latency-seconds", type=float, default=10.0)
+    p.add_argument("--watched", type=int, default=1000, help="sessions watched by the gateway")
+    p.add_argument("--no-journal", dest="journal", action="store_false")
+    p.add_argument("--out", default="out/engine-bench.json")
+    args = p.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="engine-bench-") as d:
+        bench = Bench(args, Path(d))
+        try:
+            result = asyncio.run(bench.run())
+        finally:
+            bench.close()
+    width = max(len(k) for k in result)
+    for k, v in result.items():
+        print(f"{k:<{width}}  {v}")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
