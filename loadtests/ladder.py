@@ -16,6 +16,7 @@ import json
 import math
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -108,9 +109,9 @@ def run_step(spec: StepSpec, target: Target, prefix: Path, step_s: float,
 
 
 @contextmanager
-def target_server(host: str, workers: int) -> Iterator[Target]:
+def target_server(host: str, workers: int, out: Path) -> Iterator[Target]:
     """The server under test: the one at `host` (secret from TRACKING_JWT_SECRET), or a
-    fresh loopback `tracking serve` stopped on exit."""
+    fresh loopback `tracking serve` stopped on exit, its log kept as `out`/server.log."""
     if host:
         if (urlsplit(host).hostname or "") not in LOOPBACK:
             raise SystemExit(f"ladder: {host} is not loopback; the ladder only loads 127.0.0.1")
@@ -122,15 +123,19 @@ def target_server(host: str, workers: int) -> Iterator[Target]:
     from api.launcher import ServerProcess
 
     with ServerProcess(workers=workers) as server:
-        print(f"ladder: started {server.base_url} (log {server.log_path})", flush=True)
-        yield Target(server.base_url, server.secret)
+        print(f"ladder: started {server.base_url}", flush=True)
+        try:
+            yield Target(server.base_url, server.secret)
+        finally:
+            server.stop()
+            shutil.copyfile(server.log_path, out / "server.log")
 
 
 def run_ladder(args: argparse.Namespace, out: Path, started: float) -> list[StepResult]:
     specs = parse_steps(args.riders, args.watchers, args.watchers_per_rider, args.interval_s,
                         args.updates_per_delivery)
     results: list[StepResult] = []
-    with target_server(args.host, args.workers) as target:
+    with target_server(args.host, args.workers, out) as target:
         for i, spec in enumerate(specs, 1):
             if time.monotonic() - started + args.step_s + args.spawn_s > args.max_total_s:
                 print(f"ladder: stopping before step {i}: --max-total-s reached", flush=True)

@@ -10,17 +10,12 @@ from the moment the rider starts the HTTP request to the moment the watcher has 
 frame, matched by the view's `seq` (loadtests/pool.py explains why this is exact). Ops
 users read statistics, health and single deliveries.
 
-WebSocket client: websocket-client. It is plain blocking-socket code, so locust's gevent
-monkey-patching turns every recv into a cooperative wait; asyncio clients (websockets)
-would need an event loop per greenlet and do not mix with gevent's hub.
-
 Measurement caveat: latencies include this process's own scheduling delay, so keep
 locust below ~90% CPU (it warns; `--run-summary` records the peak).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -32,28 +27,26 @@ from itertools import count
 from urllib.parse import urlsplit
 
 import gevent
-import orjson
-import websocket
-from locust import FastHttpUser, LoadTestShape, User, events, task
+from locust import FastHttpUser, LoadTestShape, events, task
 from locust.env import Environment
 
 from api.launcher import mint
 from loadtests import shapes
+from loadtests.options import add_options
 from loadtests.plan import DeliveryPlan, plan_delivery
-from loadtests.pool import DeliveryPool, LiveDelivery
-from loadtests.push import PUSH, Latency, Problem, PushCursor, view_seq
+from loadtests.pool import SHARED, LiveDelivery
+from loadtests.push import view_seq
+from loadtests.watcher import WatcherUser
 
 log = logging.getLogger("loadtests")
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 UPDATE_NAME = "POST /tracking/update/[id]"
-CONNECT_NAME = "connect /ws/tracking/[id]"
 
 # Ids must not collide with an earlier run against the same server (409 on a live order);
 # the routes themselves come from seeded generators.
 RUN_TAG = secrets.token_hex(4)
 _user_numbers = count()
-POOL = DeliveryPool(random.Random(0))
 _usage = {"cpu_max": 0.0}
 
 
@@ -63,47 +56,7 @@ def _options(environment: Environment):
 
 @events.init_command_line_parser.add_listener
 def _add_options(parser) -> None:
-    g = parser.add_argument_group("tracking load test")
-    g.add_argument("--rider-interval-s", type=float, default=1.0, env_var="LOCUST_RIDER_INTERVAL_S",
-                   help="seconds between a rider's reports (default 1)")
-    g.add_argument("--updates-per-delivery", type=int, default=20,
-                   env_var="LOCUST_UPDATES_PER_DELIVERY",
-                   help="location reports per delivery, the last one DELIVERED (default 20)")
-    g.add_argument("--riders", type=int, default=None, env_var="LOCUST_RIDERS",
-                   help="exact number of riders (fixed_count); default: by weight")
-    g.add_argument("--watchers", type=int, default=None, env_var="LOCUST_WATCHERS",
-                   help="exact number of watchers (fixed_count); default: by weight")
-    g.add_argument("--ops", type=int, default=None, env_var="LOCUST_OPS",
-                   help="exact number of ops users (fixed_count); default: by weight")
-    g.add_argument("--rider-weight", type=int, default=10, env_var="LOCUST_RIDER_WEIGHT")
-    g.add_argument("--watcher-weight", type=int, default=10, env_var="LOCUST_WATCHER_WEIGHT")
-    g.add_argument("--ops-weight", type=int, default=1, env_var="LOCUST_OPS_WEIGHT")
-    g.add_argument("--ops-interval-s", type=float, default=2.0, env_var="LOCUST_OPS_INTERVAL_S")
-    g.add_argument("--watch-timeout-s", type=float, default=15.0, env_var="LOCUST_WATCH_TIMEOUT_S",
-                   help="a push later than this after its send is a failure (default 15)")
-    g.add_argument("--center", default="5.6037,-0.1870", env_var="LOCUST_CENTER",
-                   help="lat,lng the deliveries are placed around (default Accra)")
-    g.add_argument("--seed", type=int, default=0, env_var="LOCUST_SEED",
-                   help="seed of the route generators")
-    g.add_argument("--load-shape", choices=shapes.SHAPES, default="none",
-                   env_var="LOCUST_LOAD_SHAPE",
-                   help="none: -u/-r/-t as usual; ladder: steps of users; spike: fleet + launch")
-    g.add_argument("--ladder-step-users", type=int, default=20, env_var="LOCUST_LADDER_STEP_USERS")
-    g.add_argument("--ladder-steps", type=int, default=5, env_var="LOCUST_LADDER_STEPS")
-    g.add_argument("--ladder-step-s", type=float, default=60.0, env_var="LOCUST_LADDER_STEP_S")
-    g.add_argument("--ladder-spawn-rate", type=float, default=10.0,
-                   env_var="LOCUST_LADDER_SPAWN_RATE")
-    g.add_argument("--spike-base-users", type=int, default=50, env_var="LOCUST_SPIKE_BASE_USERS")
-    g.add_argument("--spike-users", type=int, default=200, env_var="LOCUST_SPIKE_USERS")
-    g.add_argument("--spike-at-s", type=float, default=60.0, env_var="LOCUST_SPIKE_AT_S")
-    g.add_argument("--spike-hold-s", type=float, default=60.0, env_var="LOCUST_SPIKE_HOLD_S")
-    g.add_argument("--spike-after-s", type=float, default=60.0, env_var="LOCUST_SPIKE_AFTER_S")
-    g.add_argument("--spike-spawn-rate", type=float, default=100.0,
-                   env_var="LOCUST_SPIKE_SPAWN_RATE")
-    g.add_argument("--run-summary", default="", env_var="LOCUST_RUN_SUMMARY",
-                   help="write a JSON file with load-generator CPU and delivery counts at exit")
-    g.add_argument("--allow-remote-host", action="store_true", env_var="LOCUST_ALLOW_REMOTE_HOST",
-                   help="allow a --host other than loopback (only against your own deployment)")
+    add_options(parser.add_argument_group("tracking load test"))
 
 
 @events.init.add_listener
@@ -117,7 +70,7 @@ def _configure(environment: Environment, **_kwargs) -> None:
     for cls, fixed in ((RiderUser, opts.riders), (WatcherUser, opts.watchers), (OpsUser, opts.ops)):
         if fixed is not None:
             cls.fixed_count = fixed
-    POOL.seed(opts.seed)
+    SHARED.seed(opts.seed)
     if not os.environ.get("TRACKING_JWT_SECRET"):
         sys.exit("loadtests: set TRACKING_JWT_SECRET to the server's signing secret")
     if environment.host and not _target_allowed(environment):
@@ -154,10 +107,10 @@ def _write_summary(environment: Environment, **_kwargs) -> None:
     summary = {
         "loadgen_cpu_max_percent": _usage["cpu_max"],
         "loadgen_cpu_warning": bool(runner is not None and runner.cpu_warning_emitted),
-        "deliveries_started": POOL.started,
-        "deliveries_finished": POOL.finished,
-        "watch_sessions": POOL.watch_sessions,
-        "peak_watching": POOL.peak_watching,
+        "deliveries_started": SHARED.started,
+        "deliveries_finished": SHARED.finished,
+        "watch_sessions": SHARED.watch_sessions,
+        "peak_watching": SHARED.peak_watching,
     }
     with open(opts.run_summary, "w") as f:
         json.dump(summary, f, indent=2)
@@ -166,17 +119,6 @@ def _write_summary(environment: Environment, **_kwargs) -> None:
 def bearer(role: str, sub: str) -> dict[str, str]:
     token = mint(os.environ["TRACKING_JWT_SECRET"], role, sub, ttl_s=24 * 3600)
     return {"Authorization": "Bearer " + token}
-
-
-def fire(environment: Environment, name: str, ms: float, problem: str | None = None) -> None:
-    environment.events.request.fire(
-        request_type="WS",
-        name=name,
-        response_time=ms,
-        response_length=0,
-        exception=RuntimeError(problem) if problem else None,
-        context={},
-    )
 
 
 class SelectedShape(LoadTestShape):
@@ -254,7 +196,7 @@ class RiderUser(FastHttpUser):
 
     def _abandon(self) -> None:
         if self._delivery is not None:
-            POOL.finish(self._delivery)
+            SHARED.finish(self._delivery)
         self._delivery = None
 
     def _start_delivery(self) -> None:
@@ -278,7 +220,7 @@ class RiderUser(FastHttpUser):
                 resp.failure("view lacks tracking_id or an integer seq: push latency unmeasurable")
                 return
             resp.success()
-        self._delivery = POOL.open(tracking_id)
+        self._delivery = SHARED.open(tracking_id)
         self._plan, self._step, self._seq = plan, 0, seq
 
     def _send_update(self) -> None:
@@ -307,114 +249,6 @@ class RiderUser(FastHttpUser):
         self._step += 1
         if step.status == "DELIVERED":
             self._abandon()
-
-
-class WatcherUser(User):
-    """A customer's screen: watches one live delivery over a WebSocket until it is delivered."""
-
-    weight = 10
-
-    def wait_time(self) -> float:
-        return 0.0
-
-    def on_start(self) -> None:
-        self._watch_timeout_s = _options(self.environment).watch_timeout_s
-        parts = urlsplit(self.host or "")
-        scheme = "wss" if parts.scheme == "https" else "ws"
-        self._ws_base = f"{scheme}://{parts.netloc}"
-        self._ws: websocket.WebSocket | None = None
-
-    def on_stop(self) -> None:
-        self._close()
-
-    def _close(self) -> None:
-        if self._ws is not None:
-            with contextlib.suppress(OSError, websocket.WebSocketException):
-                self._ws.close(timeout=1)
-            self._ws = None
-
-    @task
-    def watch(self) -> None:
-        delivery = POOL.pick()
-        if delivery is None:
-            gevent.sleep(0.2)  # riders have not started one yet
-            return
-        POOL.attach(delivery)
-        try:
-            self._watch(delivery)
-        finally:
-            POOL.detach(delivery)
-            self._close()
-
-    def _connect(self, delivery: LiveDelivery) -> int | None:
-        """Open the socket and read initial_state; its seq, or None if that failed."""
-        started = time.perf_counter()
-        url = f"{self._ws_base}/ws/tracking/{delivery.tracking_id}"
-        try:
-            self._ws = websocket.create_connection(
-                url, timeout=self._watch_timeout_s, skip_utf8_validation=True
-            )
-            first = orjson.loads(self._ws.recv())
-        except (OSError, websocket.WebSocketException, orjson.JSONDecodeError) as e:
-            fire(self.environment, CONNECT_NAME, (time.perf_counter() - started) * 1000,
-                 f"{type(e).__name__}: {e}")
-            return None
-        ms = (time.perf_counter() - started) * 1000
-        seq = view_seq(first.get("data")) if isinstance(first, dict) else None
-        if not isinstance(first, dict) or first.get("type") != "initial_state":
-            fire(self.environment, CONNECT_NAME, ms, "first message is not initial_state")
-            return None
-        if seq is None:
-            fire(self.environment, CONNECT_NAME, ms, "initial_state without an integer seq")
-            return None
-        fire(self.environment, CONNECT_NAME, ms)
-        return seq
-
-    def _watch(self, delivery: LiveDelivery) -> None:
-        seq = self._connect(delivery)
-        if seq is None or self._ws is None:
-            return
-        cursor = PushCursor(delivery, seq)
-        while True:
-            try:
-                raw = self._ws.recv()
-            except websocket.WebSocketTimeoutException:
-                if delivery.finished:
-                    return  # delivered or abandoned by its rider: watch another one
-                problem = cursor.overdue(time.perf_counter(), self._watch_timeout_s)
-                if problem is not None:
-                    fire(self.environment, problem.name, 0, problem.message)
-                    return
-                continue
-            except (OSError, websocket.WebSocketException) as e:
-                fire(self.environment, PUSH, 0, f"socket lost: {type(e).__name__}")
-                return
-            received = time.perf_counter()
-            if not self._handle(cursor, raw, received):
-                return
-
-    def _handle(self, cursor: PushCursor, raw: str | bytes, received: float) -> bool:
-        """Record one message; False once the delivery is over for this watcher."""
-        try:
-            msg = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            fire(self.environment, PUSH, 0, "a frame that is not JSON")
-            return True
-        kind = msg.get("type") if isinstance(msg, dict) else None
-        if kind == "location_update":
-            for outcome in cursor.location_update(msg.get("data"), received):
-                if isinstance(outcome, Latency):
-                    fire(self.environment, PUSH, outcome.ms)
-                elif isinstance(outcome, Problem):
-                    fire(self.environment, outcome.name, 0, outcome.message)
-            return True
-        if kind == "status_change":
-            data = msg.get("data")
-            return not (isinstance(data, dict) and data.get("status") == "DELIVERED")
-        if kind == "error":
-            fire(self.environment, PUSH, 0, f"error message: {msg.get('message')}")
-            return False
-        return True
 
 
 class OpsUser(FastHttpUser):
@@ -450,7 +284,7 @@ class OpsUser(FastHttpUser):
     @task(3)
     def read_delivery(self) -> None:
         self._task_started = time.perf_counter()
-        delivery = POOL.any_live()
+        delivery = SHARED.any_live()
         if delivery is None:
             return
         self.client.get(f"/tracking/{delivery.tracking_id}", name="GET /tracking/[id]")

@@ -95,3 +95,7 @@ class DeliveryPool:
     def detach(self, delivery: LiveDelivery) -> None:
         delivery.watchers -= 1
         self.watching -= 1
+
+
+# The one pool of a locust process: its riders fill it, its watchers draw from it.
+SHARED = DeliveryPool(random.Random(0))

@@ -15,6 +15,8 @@ ORDER = "push order"
 UNMATCHED = "push unmatched"
 NO_SEQ = "push seq"
 OVERDUE = "push overdue"
+# Kept apart from PUSH: a failure entry adds its (zero) time to the entry's percentiles.
+STREAM = "push stream"
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,21 @@ class PushCursor:
         else:
             out.append(Latency(seq, max(0.0, (received_at - sent) * 1000.0)))
         return out
+
+    def message(self, msg: object, received_at: float) -> tuple[list[Latency | Problem], bool]:
+        """One decoded server message: what to record, and whether to keep watching
+        (not after the delivery's DELIVERED status_change, nor after an error)."""
+        if not isinstance(msg, Mapping):
+            return [Problem(STREAM, "a message that is not a JSON object")], True
+        kind = msg.get("type")
+        if kind == "location_update":
+            return self.location_update(msg.get("data"), received_at), True
+        if kind == "status_change":
+            data = msg.get("data")
+            return [], not (isinstance(data, Mapping) and data.get("status") == "DELIVERED")
+        if kind == "error":
+            return [Problem(STREAM, f"error message: {msg.get('message')}")], False
+        return [], True
 
     def overdue(self, now: float, patience_s: float) -> Problem | None:
         """A change the rider sent more than `patience_s` ago has not reached this watcher."""

@@ -8,7 +8,17 @@ import pytest
 
 from loadtests.plan import MIN_UPDATES, plan_delivery, status_schedule
 from loadtests.pool import REMEMBERED_SENDS, DeliveryPool, LiveDelivery
-from loadtests.push import GAP, NO_SEQ, ORDER, OVERDUE, UNMATCHED, Latency, PushCursor, view_seq
+from loadtests.push import (
+    GAP,
+    NO_SEQ,
+    ORDER,
+    OVERDUE,
+    STREAM,
+    UNMATCHED,
+    Latency,
+    PushCursor,
+    view_seq,
+)
 from loadtests.shapes import Stage, launch_spike, step_ladder, tick_at
 
 STATUSES = ["ASSIGNED", "PICKED_UP", "IN_TRANSIT", "DELIVERED"]
@@ -162,3 +172,21 @@ def test_spike_shape_jumps_holds_and_returns_to_the_fleet() -> None:
 def test_shapes_refuse_nonsense(build: object) -> None:
     with pytest.raises(ValueError, match="must"):
         build()  # type: ignore[operator]
+
+
+def test_messages_decide_what_is_recorded_and_whether_to_keep_watching() -> None:
+    cursor = cursor_after_sends(2)
+    outcomes, keep = cursor.message({"type": "location_update", "data": {"seq": 2}}, 12.0)
+    assert (names(outcomes), keep) == (["latency"], True)
+    assert cursor.message({"type": "pong"}, 12.0) == ([], True)
+    assert cursor.message({"type": "status_change", "data": {"status": "IN_TRANSIT"}}, 1) == (
+        [], True
+    )
+    assert cursor.message({"type": "status_change", "data": {"status": "DELIVERED"}}, 1) == (
+        [], False
+    )
+    outcomes, keep = cursor.message({"type": "error", "message": "Tracking session expired"}, 1)
+    assert (names(outcomes), keep) == ([STREAM], False)
+    assert "expired" in outcomes[0].message  # type: ignore[union-attr]
+    outcomes, keep = cursor.message(None, 1)
+    assert (names(outcomes), keep) == ([STREAM], True)
