@@ -84,7 +84,9 @@ def optional_principal(
         raise Unauthenticated("Authorization header must be 'Bearer <token>'")
     if creds is None:
         return None
-    return decode_token(_secret(request), creds.credentials)
+    principal = decode_token(_secret(request), creds.credentials)
+    request.state.principal = principal  # for the request log line
+    return principal
 
 
 def required_principal(

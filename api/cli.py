@@ -6,11 +6,13 @@ import argparse
 import logging
 import os
 import sys
+import tempfile
 from collections.abc import Sequence
 
 from pydantic import ValidationError
 
 from api.auth import USER_ROLES, Role, mint_token
+from api.observability import configure_logging
 from engine.settings import Settings
 from engine.store import StoreError, check_data_dir
 
@@ -49,8 +51,12 @@ def serve(args: argparse.Namespace) -> int:
         # Workers join the same instance and agree on the secret.
         os.environ["TRACKING_RAY_ADDRESS"] = ray_runtime.address()
     os.environ["TRACKING_JWT_SECRET"] = secret
+    if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Workers' counters are merged from files here at /metrics.
+        metrics_dir = tempfile.mkdtemp(prefix="tracking-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     uv_kwargs = {
-        "host": args.host, "port": args.port, "log_level": args.log_level,
+        "host": args.host, "port": args.port, "log_level": args.log_level, "log_config": None,
         "ws_max_size": 1 << 20, "ws_ping_interval": 20.0, "ws_ping_timeout": 20.0,
         "timeout_graceful_shutdown": 5, "access_log": False,
     }
@@ -93,6 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     s.add_argument("--workers", type=int, default=1, help="API processes (Ray engine)")
     s.add_argument("--log-level", default="info",
                    choices=["critical", "error", "warning", "info", "debug"])
+    s.add_argument("--log-format", default="auto", choices=["auto", "json", "text"],
+                   help="json lines, or a human format (auto: text on a terminal)")
     t = sub.add_parser("token", help="print a JWT signed with the server's secret")
     roles = sorted([r.value for r in USER_ROLES] + [Role.SERVICE.value])
     t.add_argument("--role", required=True, choices=roles)
@@ -100,8 +108,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     t.add_argument("--ttl", type=int, default=3600, help="seconds until it expires")
     sub.add_parser("sim", help="the simulator (see `tracking sim --help`)")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if args.command == "serve":
+        configure_logging(args.log_level, args.log_format)
+        os.environ["TRACKING_LOG_LEVEL"] = args.log_level
+        os.environ["TRACKING_LOG_FORMAT"] = args.log_format
         return serve(args)
     return token(args)
 

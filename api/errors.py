@@ -9,6 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.observability import UPDATES
 from engine import errors as e
 
 POLICY_VIOLATION = 1008
@@ -65,11 +66,15 @@ def install(app: FastAPI) -> None:
 
     async def tracking_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, e.TrackingError)
+        request.state.error_code = exc.code
         headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, e.Unauthenticated) else None
         return JSONResponse({"detail": exc.detail}, http_status(exc), headers=headers)
 
     async def validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
+        request.state.error_code = "invalid"
+        if request.url.path.startswith("/tracking/update/"):
+            UPDATES.labels("http", "invalid").inc()
         errs = list(exc.errors())
         body = {
             "detail": describe_validation(errs),

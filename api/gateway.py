@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -20,8 +21,10 @@ from typing import Any
 
 import orjson
 
+from api.observability import EVENT_LATENCY, FANNED_OUT, QUEUE_DROPS, SLOW_CLOSES
 from engine.client import EngineClient
-from engine.errors import TrackingError
+from engine.errors import Expired, TrackingError
+from engine.shard import EXPIRED_MESSAGE, Event
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +63,10 @@ class Watcher:
                 if item[0] == "u":
                     del q[i]
                     self.dropped += 1
+                    QUEUE_DROPS.inc()
                     break
             else:
+                SLOW_CLOSES.inc()
                 self.queue.clear()
                 self.queue.append(("!", 0, "watcher too slow"))
         q.append((kind, seq, text))
@@ -120,7 +125,6 @@ class Gateway:
         self.subs: dict[str, set[Watcher]] = {}
         self.extra_connections = 0  # sockets that watch no session (ops feed)
         self._tasks: list[asyncio.Task[None]] = []
-        self.on_fanout: Callable[[int], None] | None = None
 
     @property
     def connections(self) -> int:
@@ -190,23 +194,29 @@ class Gateway:
             self._fan_out(events)
             ack = base + len(events)
 
-    def _fan_out(self, events: list[tuple[str, str, int, bytes]]) -> None:
+    def _fan_out(self, events: list[Event]) -> None:
         sent = 0
-        for tid, kind, seq, msg in events:
+        now = time.time()
+        for tid, kind, seq, msg, at in events:
             watchers = self.subs.get(tid)
             if not watchers:
                 continue
+            EVENT_LATENCY.observe(max(0.0, now - at))
             text = msg.decode()
             for w in watchers:
                 w.offer(kind, seq, text)
             sent += len(watchers)
-        if self.on_fanout is not None and sent:
-            self.on_fanout(sent)
+        if sent:
+            FANNED_OUT.inc(sent)
 
     async def _resync(self, shard: int) -> None:
         for tid in [t for t in self.subs if self.engine.shard_for(t) == shard]:
             try:
                 view = await self.engine.watch(tid, self.id)
+            except Expired:
+                for w in list(self.subs.get(tid, ())):
+                    w.offer("x", 0, EXPIRED_MESSAGE.decode())
+                continue
             except TrackingError as e:
                 log.info("resync of %s: %s", tid, e.detail)
                 continue

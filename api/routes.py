@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 
-from api.auth import CurrentPrincipal, Role, require_roles
+from api.auth import CurrentPrincipal, Principal, Role, require_roles
 from api.models import (
     DeadLetters,
     ErrorBody,
@@ -18,6 +19,7 @@ from api.models import (
     TrackingView,
     UpdateRequest,
 )
+from api.observability import UPDATES, event_log, render
 from engine.client import EngineClient
 from engine.errors import Forbidden, NotFound, TrackingError
 
@@ -63,6 +65,12 @@ async def start_tracking(
     view = await _engine(request).start_json(
         body.order_id, body.rider_id, body.dropoff_lat, body.dropoff_lng, body.phone
     )
+    event_log.info("tracking started", extra={"fields": {
+        "request_id": getattr(request.state, "request_id", None),
+        "order_id": body.order_id, "rider_id": body.rider_id,
+        "tracking_id": orjson.loads(view)["tracking_id"],
+        "principal": f"{principal.role}:{principal.sub}",
+    }})
     return _json(view, 201)
 
 
@@ -78,9 +86,16 @@ async def update_tracking(
     if not principal.is_admin and principal.role is not Role.RIDER:
         raise Forbidden("Only the session's rider or a superadmin may update it")
     status = body.status.value if body.status is not None else None
-    view = await _engine(request).update_json(
-        tracking_id, body.lat, body.lng, status, None if principal.is_admin else principal.sub
-    )
+    try:
+        view = await _engine(request).update_json(
+            tracking_id, body.lat, body.lng, status, None if principal.is_admin else principal.sub
+        )
+    except TrackingError as e:
+        UPDATES.labels("http", e.code).inc()
+        raise
+    UPDATES.labels("http", "accepted").inc()
+    if status is not None:
+        log_status(tracking_id, status, principal, "http")
     return _json(view)
 
 
@@ -159,6 +174,25 @@ async def dead_letters(
     fetch = getattr(request.app.state, "outbox_dead_letters", None)
     items = await fetch(limit) if fetch is not None else []
     return {"items": items}
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(request: Request) -> Response:
+    """Prometheus exposition: this service's counters plus engine-wide gauges."""
+    try:
+        engine_stats: dict[str, Any] | None = await stats(request)
+    except TrackingError:
+        engine_stats = None
+    body, content_type = render(engine_stats)
+    return Response(body, media_type=content_type)
+
+
+def log_status(tracking_id: str, status: str, principal: Principal, channel: str) -> None:
+    """A state-change log line: a status reported with an accepted update."""
+    event_log.info("status reported", extra={"fields": {
+        "tracking_id": tracking_id, "status": status, "channel": channel,
+        "principal": f"{principal.role}:{principal.sub}",
+    }})
 
 
 @router.get("/health", response_model=Health, responses={503: {"model": Health}})

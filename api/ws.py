@@ -15,8 +15,10 @@ from api.auth import Principal, Role, decode_token
 from api.errors import POLICY_VIOLATION, close_code, describe_validation
 from api.gateway import Gateway
 from api.models import UpdateRequest
+from api.observability import UPDATES
+from api.routes import log_status
 from engine.client import EngineClient
-from engine.errors import Expired, Forbidden, InvalidInput, NotFound, TrackingError
+from engine.errors import Forbidden, TrackingError
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -113,17 +115,23 @@ async def _handle(
     try:
         body = UpdateRequest.model_validate(msg.get("location"))
     except ValidationError as e:
+        UPDATES.labels("ws", "invalid").inc()
         return _error("invalid update: " + describe_validation(list(e.errors())))
+    status = body.status.value if body.status is not None else None
     try:
         await engine.update_json(
-            tracking_id, body.lat, body.lng,
-            body.status.value if body.status is not None else None,
+            tracking_id, body.lat, body.lng, status,
             None if principal.is_admin else principal.sub,
         )
     except Forbidden:
+        UPDATES.labels("ws", "forbidden").inc()
         return _error("not authorised: only the session's rider or a superadmin may update it")
-    except (InvalidInput, NotFound, Expired, TrackingError) as e:
+    except TrackingError as e:
+        UPDATES.labels("ws", e.code).inc()
         return _error(e.detail)
+    UPDATES.labels("ws", "accepted").inc()
+    if status is not None:
+        log_status(tracking_id, status, principal, "ws")
     return None
 
 

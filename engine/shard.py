@@ -30,9 +30,10 @@ log = logging.getLogger(__name__)
 
 Command = tuple[Any, ...]
 Result = tuple[Any, ...]  # ("ok", value) | ("err", code, detail)
-# An event for a gateway: (tracking_id, kind, seq, encoded message); kinds: "u" location
-# update, "s" status change, "x" expired (the gateway sends the error and closes).
-Event = tuple[str, str, int, bytes]
+# An event for a gateway: (tracking_id, kind, seq, encoded message, accepted at); kinds: "u"
+# location update, "s" status change, "x" expired (the gateway sends the error and closes).
+# `accepted at` (Unix seconds) lets gateways measure acceptance-to-fan-out latency.
+Event = tuple[str, str, int, bytes, float]
 
 # Views travel as JSON encoded once here: the HTTP reply and every event reuse the same bytes.
 LOCATION_UPDATE = b'{"type":"location_update","data":%b}'
@@ -129,7 +130,7 @@ class Shard:
                 return [("err", *failed) if c[0] in ("start", "update") else r
                         for c, r in zip(commands, results, strict=True)]
         for tid, kind, seq, msg in events:
-            self._publish(tid, kind, seq, msg)
+            self._publish(tid, kind, seq, msg, now)
         return results
 
     def _apply(
@@ -270,12 +271,12 @@ class Shard:
             q = self.gateways[gw] = GatewayQueue(last_seen=now)
         return q
 
-    def _publish(self, tid: str, kind: str, seq: int, msg: bytes) -> None:
+    def _publish(self, tid: str, kind: str, seq: int, msg: bytes, at: float) -> None:
         for gw in self.watchers.get(tid, ()):
             q = self.gateways.get(gw)
             if q is None:
                 continue
-            q.events.append((tid, kind, seq, msg))
+            q.events.append((tid, kind, seq, msg, at))
             if len(q.events) > GATEWAY_QUEUE_MAX:
                 # A gateway this far behind is gone or stuck; keep memory bounded, and let it
                 # see the gap through its cursor (it then re-watches and resends state).
@@ -316,7 +317,7 @@ class Shard:
                     continue
                 self._expired.add(tid)
                 expired.append(tid)
-                self._publish(tid, "x", s.seq, EXPIRED_MESSAGE)
+                self._publish(tid, "x", s.seq, EXPIRED_MESSAGE, now)
                 heapq.heappush(self._timers, (s.expires_at(self.lt) + self.lt.purge_after_s,
                                               "p", tid))
             elif s.is_purgeable(now, self.lt):

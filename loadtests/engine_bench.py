@@ -137,7 +137,7 @@ class Bench:
             while not stop.is_set():
                 _, base, events = await c.poll(shard, gw, ack, 0, 0.5)
                 now = time.perf_counter()
-                for tid, kind, seq, _msg in events:
+                for tid, kind, seq, _msg, _at in events:
                     if kind == "u":
                         received[(tid, seq)] = now
                 ack = base + len(events)
