@@ -126,9 +126,9 @@ class Shard:
             except Exception:
                 log.exception("journal commit failed; reloading shard %d", self.cfg.index)
                 self._load()
+                # Every answer of the batch may have seen the unjournaled state: refuse them all.
                 failed = Unavailable("the journal could not be written; retry").to_wire()
-                return [("err", *failed) if c[0] in ("start", "update") else r
-                        for c, r in zip(commands, results, strict=True)]
+                return [("err", *failed) for _ in commands]
         for tid, kind, seq, msg in events:
             self._publish(tid, kind, seq, msg, now)
         return results
