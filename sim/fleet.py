@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import resource
 import time
 from collections.abc import Callable
 from typing import Any
@@ -43,6 +44,8 @@ async def run_slice(cfg: SliceConfig, progress: Progress | None = None) -> Metri
                 s.cancel()
             await asyncio.gather(*samplers, return_exceptions=True)
         ctx.metrics.open_per_s[int(ctx.now())] = ctx.open_sockets
+        # Peak resident memory of this simulator process (KiB on Linux), summed over processes.
+        ctx.metrics.counts["sim_max_rss_kb"] += resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         if progress is not None:
             progress(_snapshot(ctx))
         return ctx.metrics
@@ -90,8 +93,13 @@ def _outcome(ctx: Ctx, track: SessionTrack) -> dict[str, Any]:
 
 
 async def _sample_sockets(ctx: Ctx) -> None:
+    last = -1
     while True:
-        ctx.metrics.open_per_s[int(ctx.now())] = ctx.open_sockets
+        sec = int(ctx.now())
+        # A busy loop may oversleep whole seconds: fill them rather than leave holes of zero.
+        for s in range(last + 1, sec + 1):
+            ctx.metrics.open_per_s[s] = ctx.open_sockets
+        last = sec
         await asyncio.sleep(1.0 - ctx.now() % 1.0)
 
 

@@ -71,6 +71,15 @@ def build_report(
         },
         "latency_ms": {**summary_ms(list(m.latency_s)), "unmatched": c["latency_unmatched"]},
         "client_loop_lag_ms": lag,
+        "simulator": {
+            "processes": cfg.procs,
+            "max_rss_mb": round(c["sim_max_rss_kb"] / 1024, 1),
+            "rss_kb_per_peak_socket": (
+                round(c["sim_max_rss_kb"] / m.peak_open_sockets(), 1)
+                if m.peak_open_sockets()
+                else None
+            ),
+        },
         "errors": dict(sorted(m.errors.items())),
         "integrations": integrations,
         "violations": m.violations,
@@ -121,6 +130,7 @@ def figures(r: dict[str, Any]) -> dict[str, float | None]:
 def render_table(r: dict[str, Any]) -> str:
     lat, ack, lag = r["latency_ms"], r["updates"]["ack_latency_ms"], r["client_loop_lag_ms"]
     d, u, msg, w = r["deliveries"], r["updates"], r["messages"], r["watchers"]
+    sim = r["simulator"]
     rows = [
         ("scenario", f"{r['scenario']} (seed {r['seed']}) against {r['target'].get('url')}"),
         ("duration", f"{r['duration_s']} s"),
@@ -140,6 +150,8 @@ def render_table(r: dict[str, Any]) -> str:
         ("latency update->watcher", _lat(lat)),
         ("latency update->ack", _lat(ack)),
         ("client loop lag", _lat(lag)),
+        ("simulator memory", "{max_rss_mb} MB peak RSS in {processes} process(es), "
+                             "{rss_kb_per_peak_socket} KB per open socket".format(**sim)),
         ("errors", ", ".join(f"{k} {v}" for k, v in r["errors"].items()) or "none"),
     ]  # fmt: skip
     integ = r.get("integrations")
@@ -215,7 +227,7 @@ def render_html(r: dict[str, Any]) -> str:
     return (
         "<!doctype html><html><head><meta charset='utf-8'>"
         f"<title>sim report: {html.escape(r['scenario'])}</title>"
-        "<style>body{font-family:sans-serif;margin:20px}pre{background:#f4f4f4;padding:10px}"
+        "<style>body{font-family:sans-serif;margin:20px}pre{background:#f4f4f4;padding:10px;white-space:pre-wrap}"
         "svg{display:block;margin:10px 0;border:1px solid #ddd}</style></head><body>"
         f"<h1>Simulator run: {html.escape(r['scenario'])}</h1>"
         f"<pre>{table}</pre>{''.join(charts)}</body></html>"
