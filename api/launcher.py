@@ -34,6 +34,34 @@ def mint(secret: str, role: str, sub: str, ttl_s: int = 3600) -> str:
     return jwt.encode({"sub": sub, "role": role, "iat": now, "exp": now + ttl_s}, secret, "HS256")
 
 
+def descendants(pid: int) -> list[int]:
+    """Every live process below `pid` in the process tree (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _kill_all(pids: list[int]) -> None:
+    for p in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(p, signal.SIGKILL)
+
+
 @dataclass
 class ServerProcess:
     """A `tracking serve` subprocess on loopback with its own data dir and secret.
@@ -111,13 +139,22 @@ class ServerProcess:
             return "(no log)"
 
     def kill(self) -> None:
-        """SIGKILL the whole process group: a crash, not a shutdown."""
+        """SIGKILL the server and every process it started: a crash, not a shutdown.
+
+        Ray's own daemons (raylet, GCS) leave the server's process group, so they are found
+        by walking the process tree first.
+        """
         if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
+            family = descendants(self.proc.pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
+            _kill_all(family)
 
     def stop(self, grace_s: float = 20.0) -> None:
+        family: list[int] = []
         if self.proc is not None and self.proc.poll() is None:
+            family = descendants(self.proc.pid)
             os.killpg(self.proc.pid, signal.SIGTERM)
             try:
                 self.proc.wait(grace_s)
@@ -128,6 +165,7 @@ class ServerProcess:
             # Reap anything left in the group (uvicorn workers, Ray helpers it spawned).
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
+        _kill_all(family)
 
     def cleanup(self) -> None:
         self.stop()
