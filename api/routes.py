@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any
 
 import orjson
@@ -26,6 +27,7 @@ from engine.errors import Forbidden, NotFound, TrackingError
 router = APIRouter()
 
 MAX_ID = 128
+HEALTH_TIMEOUT_S = 5.0
 
 
 def _engine(request: Request) -> EngineClient:
@@ -201,7 +203,10 @@ async def health(request: Request, response: Response) -> Any:
     engine = _engine(request)
     base = {"engine": request.app.state.settings.engine, "shards": engine.n_shards}
     try:
-        await engine.ping()
+        await asyncio.wait_for(engine.ping(), HEALTH_TIMEOUT_S)
     except TrackingError as e:
         return JSONResponse({"status": "unavailable", "detail": e.detail, **base}, 503)
+    except TimeoutError:
+        detail = f"the engine did not answer within {HEALTH_TIMEOUT_S:g} s"
+        return JSONResponse({"status": "unavailable", "detail": detail, **base}, 503)
     return {"status": "ok", **base}

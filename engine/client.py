@@ -21,6 +21,9 @@ from engine.stats import merge_stats
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 2000
+# A shard that does not answer a batch in this long is treated as down for that batch: its
+# callers get Unavailable (503) instead of hanging. (Whether it applied the batch is unknown.)
+CALL_TIMEOUT_S = 30.0
 
 
 class Transport(Protocol):
@@ -65,7 +68,9 @@ class _Lane:
                 del self.pending[:MAX_BATCH]
                 t0 = loop.time()
                 try:
-                    results = await self.transport.call(self.shard, [c for c, _, _ in batch])
+                    results = await asyncio.wait_for(
+                        self.transport.call(self.shard, [c for c, _, _ in batch]), CALL_TIMEOUT_S
+                    )
                 except TrackingError as e:
                     for _, f, _ in batch:
                         if not f.done():
