@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import signal
 import sys
 import time
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from sim.plan import PlanSettings
@@ -131,6 +133,10 @@ def config_from_args(a: argparse.Namespace) -> RunConfig:
     return dataclasses.replace(cfg, **overrides) if overrides else cfg
 
 
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `tracking sim`; returns the exit status."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -149,7 +155,15 @@ def main(argv: list[str] | None = None) -> int:
     except (ScenarioError, ValueError, OSError) as e:
         print(f"tracking sim: {e}", file=sys.stderr)
         return 2
-    report = run(cfg, Target(url=a.url, secret=a.secret))
+    # SIGTERM unwinds like Ctrl-C, so the server and workers this run started are stopped.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        report = run(cfg, Target(url=a.url, secret=a.secret))
+    except KeyboardInterrupt:
+        print("tracking sim: interrupted; no report", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     out = a.out or f"out/sim-{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     json_path, html_path = write_reports(report, out)
     print(render_table(report))

@@ -128,5 +128,6 @@ def _snapshot(ctx: Ctx) -> dict[str, Any]:
         "acked": m.counts["updates_acked"],
         "received": len(m.latency_s) + m.counts["latency_unmatched"],
         "errors": sum(m.errors.values()),
+        "error_kinds": dict(m.errors.most_common(3)),
         "p99_ms": round(percentile(recent, 99) * 1000, 1) if recent else None,
     }

@@ -211,6 +211,10 @@ def _run_slices(
             else:
                 merged.merge(payload)
                 done += 1
+    except BaseException:
+        for p in procs:  # interrupted: do not wait for the workers to finish their run
+            p.terminate()
+        raise
     finally:
         for p in procs:
             p.join(timeout=10)
@@ -245,6 +249,12 @@ class _ProgressLine:
             f"msgs {sum(x['received'] for x in s)} errors {sum(x['errors'] for x in s)} "
             f"p99 {max(p99s) if p99s else '-'} ms"
         )
+        kinds: dict[str, int] = {}
+        for x in s:
+            for kind, n in x.get("error_kinds", {}).items():
+                kinds[kind] = kinds.get(kind, 0) + n
+        if kinds:
+            line += " (" + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())[:3]) + ")"
         print(("\r" + line) if self._tty else line, end="" if self._tty else "\n", file=self._out)
         self._out.flush()
 

@@ -55,33 +55,30 @@ async def watch(ctx: Ctx, track: SessionTrack, role: str, number: int) -> None:
             return
         ctx.open_sockets += 1
         m.counts["watchers_connected"] += 1
-        deadline = cfg.t0_monotonic + cfg.deadline_s
-        while not check.delivered:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                m.error("watcher_deadline", track.tracking_id)
-                break
-            try:
-                raw = await asyncio.wait_for(ws.recv(), remaining)
-            except TimeoutError:
-                continue
-            except ConnectionClosed as e:
-                m.error(f"closed_{e.rcvd.code if e.rcvd else 'abnormal'}", track.tracking_id)
-                break
-            got = time.monotonic()
-            msg: dict[str, Any] = orjson.loads(raw)
-            before = check.last_seq
-            check.feed(msg)
-            if not ready_sent and msg.get("type") == "initial_state":
-                ready_sent = True
-                track.watcher_ready()
-            if msg.get("type") == "location_update" and check.last_seq != before:
-                _count_message(ctx, track, msg, got)
-            if drop_after and check.received == drop_after:
-                drop_after = 0
-                ws = await _reconnect(ctx, ws, url, check, track)
-                if ws is None:
-                    break
+        remaining = cfg.t0_monotonic + cfg.deadline_s - time.monotonic()
+        try:
+            # One timeout around the loop: wait_for() per message would cost a task each.
+            async with asyncio.timeout(max(0.0, remaining)):
+                while not check.delivered:
+                    raw = await ws.recv()
+                    got = time.monotonic()
+                    msg: dict[str, Any] = orjson.loads(raw)
+                    before = check.last_seq
+                    check.feed(msg)
+                    if not ready_sent and msg.get("type") == "initial_state":
+                        ready_sent = True
+                        track.watcher_ready()
+                    if msg.get("type") == "location_update" and check.last_seq != before:
+                        _count_message(ctx, track, msg, got)
+                    if drop_after and check.received == drop_after:
+                        drop_after = 0
+                        ws = await _reconnect(ctx, ws, url, check, track)
+                        if ws is None:
+                            break
+        except TimeoutError:
+            m.error("watcher_deadline", track.tracking_id)
+        except ConnectionClosed as e:
+            m.error(f"closed_{e.rcvd.code if e.rcvd else 'abnormal'}", track.tracking_id)
     finally:
         if ws is not None:
             ctx.open_sockets -= 1
