@@ -26,9 +26,9 @@ export function toWorld(p) {
 }
 
 /**
- * A viewport of `width` x `height` CSS pixels at an integer zoom that shows every point
- * (with `padPx` of margin), centred on them. `maxZoom` keeps a lone point from filling
- * the world with one street.
+ * A viewport of `width` x `height` CSS pixels that shows every point (with `padPx` of
+ * margin), centred on them. The zoom is fractional (tiles are scaled to match); `maxZoom`
+ * keeps a lone point from filling the screen with one street.
  */
 export function fitView(points, width, height, { padPx = 32, minZoom = 1, maxZoom = 17 } = {}) {
   const world = points.map(toWorld);
@@ -43,7 +43,7 @@ export function fitView(points, width, height, { padPx = 32, minZoom = 1, maxZoo
   const spanX = Math.max(x1 - x0, 1e-12);
   const spanY = Math.max(y1 - y0, 1e-12);
   const zoomFit = Math.log2(Math.min(usableW / (spanX * TILE_SIZE), usableH / (spanY * TILE_SIZE)));
-  const zoom = Math.max(minZoom, Math.min(maxZoom, Math.floor(zoomFit)));
+  const zoom = Math.max(minZoom, Math.min(maxZoom, zoomFit));
   return { cx: (x0 + x1) / 2, cy: (y0 + y1) / 2, zoom, width, height };
 }
 
@@ -65,21 +65,23 @@ export function viewContains(view, points, marginPx = 16) {
   });
 }
 
-/** The tiles covering `view`: [{x, y, z, left, top, size}] in screen px. */
+/** The tiles covering `view`: [{x, y, z, left, top, size}] in screen px (scaled when the zoom is fractional). */
 export function tilesFor(view) {
-  const n = 2 ** view.zoom;
-  const scale = TILE_SIZE * n;
+  const z = Math.max(0, Math.floor(view.zoom));
+  const n = 2 ** z;
+  const size = TILE_SIZE * 2 ** (view.zoom - z);
+  const scale = size * n;
   const left = view.cx * scale - view.width / 2;
   const top = view.cy * scale - view.height / 2;
   const tiles = [];
-  const tx0 = Math.floor(left / TILE_SIZE), tx1 = Math.floor((left + view.width) / TILE_SIZE);
-  const ty0 = Math.max(0, Math.floor(top / TILE_SIZE));
-  const ty1 = Math.min(n - 1, Math.floor((top + view.height) / TILE_SIZE));
+  const tx0 = Math.floor(left / size), tx1 = Math.floor((left + view.width) / size);
+  const ty0 = Math.max(0, Math.floor(top / size));
+  const ty1 = Math.min(n - 1, Math.floor((top + view.height) / size));
   for (let ty = ty0; ty <= ty1; ty++) {
     for (let tx = tx0; tx <= tx1; tx++) {
       tiles.push({
-        x: ((tx % n) + n) % n, y: ty, z: view.zoom,
-        left: tx * TILE_SIZE - left, top: ty * TILE_SIZE - top, size: TILE_SIZE,
+        x: ((tx % n) + n) % n, y: ty, z,
+        left: tx * size - left, top: ty * size - top, size,
       });
     }
   }

@@ -1,12 +1,11 @@
 // The ops map's canvas: thousands of deliveries as dots coloured by status, gliding from one
 // snapshot to the next. One path per colour per frame keeps a frame cheap at 10k dots.
 
-import { fitView, gridLines, project, scaleBar, tilesFor, tileUrl, toWorld } from "./geo.js";
+import { fitView, gridLines, scaleBar, tilesFor, tileUrl, toWorld, viewContains } from "./geo.js";
 
 export const STATUSES = ["ASSIGNED", "PICKED_UP", "IN_TRANSIT", "DELIVERED"];
 const DOT_RADIUS = 4.5;
 const KEEP_MISSING_MS = 5000; // a sampled feed may skip a session for a snapshot or two
-const REFIT_OUTSIDE_SHARE = 0.02;
 
 const cssColour = (name) => getComputedStyle(document.documentElement).getPropertyValue(name).trim();
 
@@ -78,15 +77,12 @@ export class OpsMap {
   fit() {
     if (!this.width || !this.height || this.dots.size === 0) return;
     const targets = [...this.dots.values()].map((d) => ({ lat: d.lat, lng: d.lng }));
-    if (this.view) {
-      let outside = 0;
-      for (const p of targets) {
-        const s = project(this.view, p);
-        if (s.x < 8 || s.y < 8 || s.x > this.width - 8 || s.y > this.height - 8) outside += 1;
-      }
-      if (outside <= targets.length * REFIT_OUTSIDE_SHARE) return;
-    }
-    this.view = fitView(targets, this.width, this.height, { padPx: 24, maxZoom: 16 });
+    const fitted = fitView(targets, this.width, this.height, { padPx: 24, maxZoom: 16 });
+    // Keep the frame while everything is in it, so the map holds still and only the dots
+    // move; refit when a dot would leave it or the deliveries have gathered enough to zoom in.
+    const zoomIn = this.view && fitted.zoom > this.view.zoom + 0.5;
+    if (this.view && !zoomIn && viewContains(this.view, targets, 8)) return;
+    this.view = fitted;
   }
 
   requestFrame() {

@@ -135,7 +135,7 @@ function finish(kind) {
     $("live").hidden = true;
     $("notice-title").textContent = "This tracking link has expired";
     $("notice-body").textContent =
-      "Tracking links stop working a while after the delivery. If you are still waiting for your order, please contact the store.";
+      "Tracking links only work for a limited time. If you are still waiting for your order, please contact the store.";
     $("status-text").textContent = "This tracking link has expired.";
   } else if (kind === "notfound") {
     $("live").hidden = true;
