@@ -29,6 +29,9 @@ def _settings() -> Settings:
 
 
 def serve(args: argparse.Namespace) -> int:
+    # The websockets library refuses request lines over 8 KiB with a 414 that some clients wait
+    # on until they time out; allow long (refused later, with a clear error) ids. Read at import.
+    os.environ.setdefault("WEBSOCKETS_MAX_LINE_LENGTH", "65536")
     import uvicorn
 
     settings = _settings()

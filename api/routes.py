@@ -9,7 +9,7 @@ import orjson
 from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 
-from api.auth import CurrentPrincipal, Principal, Role, require_roles
+from api.auth import CurrentPrincipal, MaybePrincipal, Principal, Role, require_roles
 from api.models import (
     DeadLetters,
     ErrorBody,
@@ -106,7 +106,7 @@ async def update_tracking(
     responses=_errors(401, 403, 404),
 )
 async def rider_tracking(
-    rider_id: Annotated[str, Path(max_length=MAX_ID)],
+    rider_id: Annotated[str, Path(description="The rider id")],
     principal: CurrentPrincipal,
     request: Request,
 ) -> dict[str, Any]:
@@ -116,14 +116,18 @@ async def rider_tracking(
     )
     if not allowed:
         raise Forbidden("Only that rider, a merchant or a superadmin may read this")
+    if len(rider_id) > MAX_ID:
+        raise NotFound(f"Rider has no live tracking session (ids are at most {MAX_ID} characters)")
     return await _engine(request).rider_session(rider_id)
 
 
 @router.get(
-    "/tracking/{tracking_id}", response_model=TrackingView, responses=_errors(404, 410)
+    "/tracking/{tracking_id}", response_model=TrackingView, responses=_errors(401, 404, 410)
 )
-async def get_tracking(tracking_id: TrackingId, request: Request) -> Response:
-    """The public view of one session (no token needed)."""
+async def get_tracking(
+    tracking_id: TrackingId, request: Request, _principal: MaybePrincipal
+) -> Response:
+    """The public view of one session (no token needed; a token sent must be valid)."""
     _check_id(tracking_id)
     return _json(await _engine(request).get_json(tracking_id))
 
@@ -134,6 +138,7 @@ async def get_tracking(tracking_id: TrackingId, request: Request) -> Response:
 async def tracking_history(
     tracking_id: TrackingId,
     request: Request,
+    _principal: MaybePrincipal,
     since_seq: Annotated[int, Query(ge=0, le=2**62)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 500,
 ) -> dict[str, Any]:
