@@ -22,7 +22,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -142,6 +142,7 @@ def run_ladder(args: argparse.Namespace, out: Path, started: float) -> list[Step
                 break
             print(f"ladder: step {i}/{len(specs)}: {spec.label()}", flush=True)
             result = run_step(spec, target, out / f"step{i:02d}", args.step_s, args.spawn_s)
+            result = replace(result, host_load_1m=round(os.getloadavg()[0], 2))
             results.append(result)
             print(f"ladder: step {i}: {result.updates_per_s:.1f} updates/s, push p50/p99 "
                   f"{result.push_p50_ms}/{result.push_p99_ms} ms, {result.failures} failures",

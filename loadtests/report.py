@@ -109,6 +109,9 @@ class StepResult:
     failure_kinds: dict[str, int] = field(default_factory=dict)
     loadgen_cpu_max_percent: float | None = None
     peak_watching: int | None = None
+    # The machine's 1-minute load average at the end of the step: on a shared box, the
+    # context without which a latency figure cannot be read.
+    host_load_1m: float | None = None
 
     def held(self, max_p99_ms: float) -> bool:
         """Pushes measured with p99 under the threshold, nothing failed, riders kept pace."""
@@ -192,8 +195,9 @@ def render_table(results: Sequence[StepResult], max_p99_ms: float) -> str:
     """A Markdown table, one row per step, and the verdict line under it."""
     lines = [
         "| step | riders | interval s | watchers | updates/s (target) | pushes/s "
-        "| HTTP p50 / p99 ms | push p50 / p99 ms | failures | load-gen CPU % | held |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| HTTP p50 / p99 ms | push p50 / p99 ms | failures | load-gen CPU % | host load "
+        "| held |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for i, r in enumerate(results, 1):
         held = "yes" if r.held(max_p99_ms) else f"no ({r.why_not(max_p99_ms)})"
@@ -202,7 +206,8 @@ def render_table(results: Sequence[StepResult], max_p99_ms: float) -> str:
             f"| {i} | {r.spec.riders} | {r.spec.interval_s:g} | {r.spec.watchers} "
             f"| {r.updates_per_s:.1f} ({r.target_updates_per_s:.1f}) | {r.pushes_per_s:.1f} "
             f"| {_ms(r.http_p50_ms)} / {_ms(r.http_p99_ms)} "
-            f"| {_ms(r.push_p50_ms)} / {_ms(r.push_p99_ms)} | {r.failures} | {cpu} | {held} |"
+            f"| {_ms(r.push_p50_ms)} / {_ms(r.push_p99_ms)} | {r.failures} | {cpu} "
+            f"| {_ms(r.host_load_1m)} | {held} |"
         )
     best = highest_held(results, max_p99_ms)
     verdict = (

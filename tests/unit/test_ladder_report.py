@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -124,8 +125,9 @@ def test_highest_held_is_the_top_of_the_unbroken_run_from_the_bottom() -> None:
 
 
 def test_table_and_json_name_the_highest_step() -> None:
-    results = [step(10, 20), step(20, 150)]
+    results = [replace(step(10, 20), host_load_1m=1.5), step(20, 150)]
     table = render_table(results, 100)
+    assert "| 1.5 | yes |" in table
     assert "| 1 | 10 | 1 | 10 |" in table
     assert "no (push p99 150 ms)" in table
     assert table.endswith("10 riders @ 1s, 10 watchers (10.0 updates/s)")
