@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -93,6 +93,24 @@ class History(BaseModel):
     tracking_id: str
     items: list[HistoryItem]
     next_since_seq: int | None
+
+
+class DeadLetter(BaseModel):
+    id: int = Field(description="Row id within its shard's store")
+    shard: int
+    tracking_id: str
+    target: str = Field(description="order or notification")
+    path: str
+    body: dict[str, Any] | str
+    idempotency_key: str
+    attempts: int
+    last_error: str | None
+    created_at: int
+    finished_at: int | None
+
+
+class DeadLetters(BaseModel):
+    items: list[DeadLetter]
 
 
 class Health(BaseModel):

@@ -9,6 +9,7 @@ cluster address is given.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import Sequence
@@ -56,6 +57,45 @@ class _ShardActor:
 
 
 ShardActor = ray.remote(_ShardActor)
+
+
+class _DispatcherActor:
+    """Ray actor body: the outbox dispatcher, one per namespace, delivering every shard's outbox."""
+
+    def __init__(self, settings_json: str) -> None:
+        from engine.dispatcher import Dispatcher
+
+        logging.basicConfig(level=logging.INFO)
+        self.dispatcher = Dispatcher(Settings.model_validate_json(settings_json))
+        self.task: asyncio.Task[None] | None = None
+        # An async actor's __init__ runs on its event loop (Ray 2.60), so delivery resumes by
+        # itself when Ray restarts this actor; `start()` covers runtimes where it does not.
+        with contextlib.suppress(RuntimeError):
+            self._launch()
+
+    def _launch(self) -> None:
+        if self.task is not None and self.task.done():
+            if not self.task.cancelled() and self.task.exception() is not None:
+                log.error("outbox dispatcher stopped: %r; restarting it", self.task.exception())
+            self.task = None
+        if self.task is None:
+            self.task = asyncio.get_running_loop().create_task(self.dispatcher.run())
+
+    async def start(self) -> bool:
+        self._launch()
+        return True
+
+    async def counts(self) -> dict[str, int]:
+        return await self.dispatcher.counts()
+
+    async def dead_letters(self, limit: int) -> list[dict[str, Any]]:
+        return await self.dispatcher.dead_letters(limit)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+DispatcherActor = ray.remote(_DispatcherActor)
 
 
 def init(settings: Settings) -> None:
@@ -113,6 +153,25 @@ def ensure_shards(settings: Settings) -> list[Any]:
     return handles
 
 
+def ensure_dispatcher(settings: Settings) -> Any:
+    """Create the namespace's outbox dispatcher actor, or find it; make sure it is delivering."""
+    actor: Any = DispatcherActor
+    handle = actor.options(
+        name=DISPATCHER_NAME,
+        namespace=settings.ray_namespace,
+        lifetime="detached",
+        get_if_exists=True,
+        max_restarts=-1,
+        num_cpus=0,
+    ).remote(settings.model_dump_json())
+    ray.get(handle.start.remote())
+    return handle
+
+
+def find_dispatcher(settings: Settings) -> Any:
+    return ray.get_actor(DISPATCHER_NAME, namespace=settings.ray_namespace)
+
+
 def find_shards(settings: Settings) -> list[Any]:
     ns = settings.ray_namespace
     return [ray.get_actor(SHARD_NAME.format(i), namespace=ns) for i in range(settings.shards)]
@@ -127,10 +186,11 @@ def shards_exist(settings: Settings) -> bool:
 
 
 def kill_shards(settings: Settings) -> None:
-    """Kill the named shard actors of this namespace (service shutdown)."""
-    for i in range(settings.shards):
+    """Kill the named shard actors and the outbox dispatcher of this namespace (shutdown)."""
+    names = [SHARD_NAME.format(i) for i in range(settings.shards)] + [DISPATCHER_NAME]
+    for name in names:
         try:
-            handle = ray.get_actor(SHARD_NAME.format(i), namespace=settings.ray_namespace)
+            handle = ray.get_actor(name, namespace=settings.ray_namespace)
             ray.kill(handle, no_restart=True)
         except (ValueError, RayError):
             pass
@@ -167,6 +227,30 @@ class RayTransport:
             await asyncio.sleep(0.2)
             raise Unavailable(f"shard {shard} is restarting ({type(e).__name__})") from e
         return out
+
+
+class RayOutbox:
+    """The API's view of the dispatcher actor (counts and dead letters)."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+
+    async def counts(self) -> dict[str, int]:
+        try:
+            out: dict[str, int] = await self.handle.counts.remote()
+        except RayError as e:
+            raise Unavailable("the outbox dispatcher is restarting; retry shortly") from e
+        return out
+
+    async def dead_letters(self, limit: int) -> list[dict[str, Any]]:
+        try:
+            out: list[dict[str, Any]] = await self.handle.dead_letters.remote(limit)
+        except RayError as e:
+            raise Unavailable("the outbox dispatcher is restarting; retry shortly") from e
+        return out
+
+    async def close(self) -> None:
+        return None  # the actor outlives this API process; `kill_shards` ends it
 
 
 def address() -> str:
