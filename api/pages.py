@@ -7,6 +7,7 @@ public API and WebSockets of API.md, so this module needs nothing from the engin
 
 from __future__ import annotations
 
+import functools
 import html
 import os
 import re
@@ -67,9 +68,14 @@ def _security_headers(tile_url: str) -> dict[str, str]:
     }
 
 
+@functools.cache
+def _template(name: str) -> str:
+    return (STATIC_DIR / name).read_text(encoding="utf-8")
+
+
 def render_page(template_name: str, values: dict[str, str]) -> str:
     """Fill `{{name}}` placeholders of a template in `api/static/` with HTML-escaped values."""
-    text = (STATIC_DIR / template_name).read_text(encoding="utf-8")
+    text = _template(template_name)
     for name, value in values.items():
         text = text.replace("{{" + name + "}}", html.escape(value, quote=True))
     return text

@@ -30,21 +30,29 @@ export function toWorld(p) {
  * margin), centred on them. The zoom is fractional (tiles are scaled to match); `maxZoom`
  * keeps a lone point from filling the screen with one street.
  */
-export function fitView(points, width, height, { padPx = 32, minZoom = 1, maxZoom = 17 } = {}) {
-  const world = points.map(toWorld);
-  if (world.length === 0) world.push({ x: 0.5, y: 0.5 });
-  let x0 = Infinity, y0 = Infinity, x1 = -Infinity, y1 = -Infinity;
-  for (const w of world) {
-    x0 = Math.min(x0, w.x); x1 = Math.max(x1, w.x);
-    y0 = Math.min(y0, w.y); y1 = Math.max(y1, w.y);
-  }
+export function fitView(points, width, height, options = {}) {
+  const box = { x0: Infinity, y0: Infinity, x1: -Infinity, y1: -Infinity };
+  for (const p of points) extendBox(box, toWorld(p));
+  if (points.length === 0) extendBox(box, { x: 0.5, y: 0.5 });
+  return fitBox(box, width, height, options);
+}
+
+/** Grow a world-coordinate box {x0, y0, x1, y1} to hold `w`. */
+export function extendBox(box, w) {
+  box.x0 = Math.min(box.x0, w.x); box.x1 = Math.max(box.x1, w.x);
+  box.y0 = Math.min(box.y0, w.y); box.y1 = Math.max(box.y1, w.y);
+  return box;
+}
+
+/** `fitView` for a box already in world coordinates. */
+export function fitBox(box, width, height, { padPx = 32, minZoom = 1, maxZoom = 17 } = {}) {
   const usableW = Math.max(1, width - 2 * padPx);
   const usableH = Math.max(1, height - 2 * padPx);
-  const spanX = Math.max(x1 - x0, 1e-12);
-  const spanY = Math.max(y1 - y0, 1e-12);
+  const spanX = Math.max(box.x1 - box.x0, 1e-12);
+  const spanY = Math.max(box.y1 - box.y0, 1e-12);
   const zoomFit = Math.log2(Math.min(usableW / (spanX * TILE_SIZE), usableH / (spanY * TILE_SIZE)));
   const zoom = Math.max(minZoom, Math.min(maxZoom, zoomFit));
-  return { cx: (x0 + x1) / 2, cy: (y0 + y1) / 2, zoom, width, height };
+  return { cx: (box.x0 + box.x1) / 2, cy: (box.y0 + box.y1) / 2, zoom, width, height };
 }
 
 /** Screen position (CSS px, origin top-left of the viewport) of a lat/lng in `view`. */
