@@ -1,0 +1,185 @@
+"""Haversine distance (R = 6371 km) and the contract's coordinate rules."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine.errors import InvalidInput
+from engine.geo import EARTH_RADIUS_KM, haversine_km, validate_coordinates
+
+lats = st.floats(min_value=-90, max_value=90, allow_nan=False)
+lngs = st.floats(min_value=-180, max_value=180, allow_nan=False)
+points = st.tuples(lats, lngs)
+
+HALF_CIRCUMFERENCE_KM = math.pi * EARTH_RADIUS_KM  # 20015.086...
+
+
+def vector_distance_km(a: tuple[float, float], b: tuple[float, float]) -> float:
+    """An independent oracle: the angle between unit vectors, via atan2(|u x v|, u . v)."""
+
+    def unit(lat: float, lng: float) -> tuple[float, float, float]:
+        p, lam = math.radians(lat), math.radians(lng)
+        return (math.cos(p) * math.cos(lam), math.cos(p) * math.sin(lam), math.sin(p))
+
+    u, v = unit(*a), unit(*b)
+    cross = (
+        u[1] * v[2] - u[2] * v[1],
+        u[2] * v[0] - u[0] * v[2],
+        u[0] * v[1] - u[1] * v[0],
+    )
+    dot = sum(x * y for x, y in zip(u, v, strict=True))
+    return EARTH_RADIUS_KM * math.atan2(math.hypot(*cross), dot)
+
+
+def test_radius_is_the_contracts() -> None:
+    assert EARTH_RADIUS_KM == 6371.0
+
+
+# Hypothesis' per-example deadline is a wall-clock assertion; tests check behaviour only.
+@settings(deadline=None)
+@given(points, points)
+def test_symmetric(a: tuple[float, float], b: tuple[float, float]) -> None:
+    assert haversine_km(*a, *b) == pytest.approx(haversine_km(*b, *a), abs=1e-9)
+
+
+@settings(deadline=None)
+@given(points)
+def test_zero_on_identical_points(a: tuple[float, float]) -> None:
+    assert haversine_km(*a, *a) == pytest.approx(0.0, abs=1e-9)
+
+
+@settings(deadline=None)
+@given(points, points)
+def test_bounded_by_half_the_circumference(a: tuple[float, float], b: tuple[float, float]) -> None:
+    d = haversine_km(*a, *b)
+    assert 0.0 <= d <= HALF_CIRCUMFERENCE_KM + 1e-9
+
+
+@settings(deadline=None)
+@given(points, points, points)
+def test_triangle_inequality(
+    a: tuple[float, float], b: tuple[float, float], c: tuple[float, float]
+) -> None:
+    ab, bc, ac = haversine_km(*a, *b), haversine_km(*b, *c), haversine_km(*a, *c)
+    assert ac <= ab + bc + 1e-6
+
+
+@settings(deadline=None)
+@given(points, points)
+def test_agrees_with_an_independent_formula(a: tuple[float, float], b: tuple[float, float]) -> None:
+    assert haversine_km(*a, *b) == pytest.approx(vector_distance_km(a, b), abs=1e-6)
+
+
+@settings(deadline=None)
+@given(lats, lngs, st.floats(min_value=-360, max_value=360, allow_nan=False))
+def test_longitude_wraps_around(lat: float, lng: float, dlng: float) -> None:
+    # Points 360 degrees of longitude apart are the same point.
+    assert haversine_km(lat, lng, lat, lng + 360.0) == pytest.approx(0.0, abs=1e-6)
+    assert haversine_km(lat, lng, 0.0, dlng) == pytest.approx(
+        haversine_km(lat, lng, 0.0, dlng + 360.0), abs=1e-6
+    )
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "km"),
+    [
+        # A quarter meridian: equator to pole.
+        ((0.0, 0.0), (90.0, 0.0), 10007.543),
+        ((0.0, 0.0), (-90.0, 0.0), 10007.543),
+        # Antipodes.
+        ((0.0, 0.0), (0.0, 180.0), 20015.087),
+        ((5.6037, -0.1869), (-5.6037, 179.8131), 20015.087),
+        ((90.0, 0.0), (-90.0, 0.0), 20015.087),
+        # Pole to pole through any longitude; the poles are single points.
+        ((90.0, 0.0), (90.0, 123.0), 0.0),
+        # One degree along the equator and along a meridian: pi * R / 180.
+        ((0.0, 0.0), (0.0, 1.0), 111.195),
+        ((10.0, 20.0), (11.0, 20.0), 111.195),
+        # The contract's Accra example points (current location, dropoff): about 111 m.
+        ((5.6045, -0.1875), (5.6037, -0.1869), 0.1110),
+    ],
+)
+def test_known_distances(a: tuple[float, float], b: tuple[float, float], km: float) -> None:
+    assert haversine_km(*a, *b) == pytest.approx(km, abs=5e-4)
+
+
+def test_accra_distance_matches_a_local_flat_projection() -> None:
+    # At ~100 m the sphere is flat: equirectangular projection agrees to well under a metre.
+    (lat1, lng1), (lat2, lng2) = (5.6045, -0.1875), (5.6037, -0.1869)
+    k = math.pi * EARTH_RADIUS_KM / 180
+    dy = (lat2 - lat1) * k
+    dx = (lng2 - lng1) * k * math.cos(math.radians((lat1 + lat2) / 2))
+    assert haversine_km(lat1, lng1, lat2, lng2) == pytest.approx(math.hypot(dx, dy), abs=1e-6)
+
+
+# -- coordinate validation -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("lat", "lng"),
+    [(0, 0), (90, 180), (-90, -180), (90.0, -180.0), (-90.0, 180.0), (5.6037, -0.1869), (1, 2.5)],
+)
+def test_valid_coordinates_come_back_as_floats(lat: float, lng: float) -> None:
+    out = validate_coordinates(lat, lng)
+    assert out == (float(lat), float(lng))
+    assert all(type(x) is float for x in out)
+
+
+@pytest.mark.parametrize(
+    ("lat", "lng", "field"),
+    [
+        (True, 0.0, "lat"),
+        (0.0, False, "lng"),
+        ("5.6", 0.0, "lat"),
+        (0.0, "0", "lng"),
+        (None, 0.0, "lat"),
+        (0.0, None, "lng"),
+        ([1.0], 0.0, "lat"),
+        (math.nan, 0.0, "lat"),
+        (0.0, math.nan, "lng"),
+        (math.inf, 0.0, "lat"),
+        (0.0, -math.inf, "lng"),
+        (90.0000001, 0.0, "lat"),
+        (-90.0000001, 0.0, "lat"),
+        (91, 0, "lat"),
+        (0.0, 180.0000001, "lng"),
+        (0.0, -180.0000001, "lng"),
+        (0, 181, "lng"),
+        (1e308, 0.0, "lat"),
+    ],
+)
+def test_invalid_coordinates_are_refused_naming_the_field(
+    lat: object, lng: object, field: str
+) -> None:
+    with pytest.raises(InvalidInput) as info:
+        validate_coordinates(lat, lng, what="dropoff")
+    assert f"dropoff {field}" in info.value.detail
+
+
+def test_huge_integers_are_refused_not_crashing() -> None:
+    # float(10**400) overflows; it must still be a clean InvalidInput, not an OverflowError.
+    with pytest.raises(InvalidInput):
+        validate_coordinates(10**400, 0)
+
+
+@settings(deadline=None)
+@given(lats, lngs)
+def test_every_in_range_float_is_accepted(lat: float, lng: float) -> None:
+    assert validate_coordinates(lat, lng) == (lat, lng)
+
+
+@settings(deadline=None)
+@given(
+    st.one_of(
+        st.floats(min_value=90, exclude_min=True, allow_infinity=True),
+        st.floats(max_value=-90, exclude_max=True, allow_infinity=True),
+        st.just(math.nan),
+    )
+)
+def test_every_out_of_range_latitude_is_refused(lat: float) -> None:
+    with pytest.raises(InvalidInput):
+        validate_coordinates(lat, 0.0)
