@@ -28,7 +28,9 @@ from engine.shard import EXPIRED_MESSAGE, Event
 
 log = logging.getLogger(__name__)
 
-POLL_TIMEOUT_S = 10.0
+# Idle polls return this often; each carries this process's socket count to the shards, so
+# statistics of connections in every process are at most this stale.
+POLL_TIMEOUT_S = 2.0
 SEND_TIMEOUT_S = 30.0
 TOO_SLOW = 1013
 EXPIRED = 1008
