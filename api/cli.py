@@ -40,7 +40,11 @@ def serve(args: argparse.Namespace) -> int:
     except StoreError as e:
         print(f"tracking: {e.detail}", file=sys.stderr)
         return 2
-    secret = settings.resolved_secret()
+    try:
+        secret = settings.resolved_secret()
+    except (RuntimeError, OSError) as e:
+        print(f"tracking: {e}", file=sys.stderr)
+        return 2
     if args.workers > 1 and settings.engine == "local":
         print("tracking: --workers > 1 needs the Ray engine (TRACKING_ENGINE=ray)", file=sys.stderr)
         return 2
@@ -82,7 +86,12 @@ def serve(args: argparse.Namespace) -> int:
 
 def token(args: argparse.Namespace) -> int:
     settings = _settings()
-    print(mint_token(settings.resolved_secret(), args.role, args.sub, args.ttl))
+    try:
+        secret = settings.resolved_secret()
+    except (RuntimeError, OSError) as e:
+        print(f"tracking: {e}", file=sys.stderr)
+        return 2
+    print(mint_token(secret, args.role, args.sub, args.ttl))
     return 0
 
 

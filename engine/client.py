@@ -157,7 +157,8 @@ class EngineClient:
         views = [orjson.loads(v) for v in await self._all(("rider", rider_id)) if v is not None]
         if not views:
             raise NotFound(f"Rider {rider_id} has no live tracking session")
-        best: dict[str, Any] = max(views, key=lambda v: (v["started_at"], v["updated_at"]))
+        # Ties (sessions started in one batch) break by id, so the answer is stable.
+        best: dict[str, Any] = max(views, key=lambda v: (v["started_at"], v["tracking_id"]))
         return best
 
     async def history(self, tracking_id: str, since_seq: int, limit: int) -> list[dict[str, Any]]:

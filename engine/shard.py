@@ -92,7 +92,7 @@ class Shard:
         self.by_order.clear()
         self.by_rider.clear()
         self._timers.clear()
-        self._expired.clear()
+        # `_expired` survives a reload: watchers were told already and must not be told twice.
         for s in sorted(self.store.load_sessions(self.lt), key=lambda s: s.started_at):
             self._index(s)
 
@@ -238,7 +238,7 @@ class Shard:
         for tid in self.by_rider.get(rider_id, ()):
             s = self.sessions.get(tid)
             if s is not None and s.is_live(now, self.lt) and (
-                best is None or s.started_at >= best.started_at
+                best is None or (s.started_at, s.tracking_id) > (best.started_at, best.tracking_id)
             ):
                 best = s
         return orjson.dumps(best.view()) if best is not None else None

@@ -1,4 +1,4 @@
-"""Session-wide fixtures: one local Ray instance, and real `tracking serve` processes joined to it."""
+"""Session-wide fixtures: one local Ray instance; real `tracking serve` processes joined to it."""
 
 from __future__ import annotations
 
@@ -8,8 +8,13 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from api.launcher import ServerProcess
+
+# Hypothesis' per-example deadline is a wall-clock check; tests check behaviour, not time.
+hypothesis_settings.register_profile("tracking", deadline=None)
+hypothesis_settings.load_profile("tracking")
 
 
 @pytest.fixture(scope="session")
@@ -27,7 +32,7 @@ def ray_address() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def server_factory(
     ray_address: str,
-) -> Iterator[Callable[..., AbstractContextManager[ServerProcess]]]:
+) -> Callable[..., AbstractContextManager[ServerProcess]]:
     """Start extra servers joined to the session's Ray instance, each in its own namespace."""
 
     @contextmanager
@@ -40,7 +45,7 @@ def server_factory(
         with ServerProcess(env=full_env, workers=workers) as srv:
             yield srv
 
-    yield start
+    return start
 
 
 @pytest.fixture(scope="session")
