@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
-import uuid
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, AsyncExitStack, ExitStack
+from contextlib import AbstractContextManager, AsyncExitStack
 from typing import Any
 
 import pytest
@@ -148,29 +147,35 @@ def test_statistics_count_sockets_in_every_process(two_workers: ServerProcess) -
         run(body(), seconds=120)
 
 
-def test_two_servers_joined_to_one_namespace_share_sessions(server_factory: Factory,
-                                                            tmp_path_factory: Any) -> None:
-    shared = {
-        "TRACKING_RAY_NAMESPACE": "joined-" + uuid.uuid4().hex[:8],
-        "TRACKING_DATA_DIR": str(tmp_path_factory.mktemp("joined")),
-        "TRACKING_JWT_SECRET": "joined-" + uuid.uuid4().hex,
+def test_a_second_server_joined_to_the_same_cluster_shares_sessions(
+    server: ServerProcess, server_factory: Factory
+) -> None:
+    # The shared server is A; B is another `tracking serve` joined to A's Ray namespace, data
+    # dir and secret. B joining (and later leaving) must not disturb A.
+    a = server
+    joined = {
+        "TRACKING_RAY_NAMESPACE": a.env["TRACKING_RAY_NAMESPACE"],
+        "TRACKING_DATA_DIR": a.data_dir,
+        "TRACKING_JWT_SECRET": a.secret,
     }
-    with ExitStack() as stack:
-        a = stack.enter_context(server_factory(**shared))
-        b = stack.enter_context(server_factory(**shared))
-        with Api(a) as api_a, Api(b) as api_b:
-            view = api_a.start_ok()
-            tid = view["tracking_id"]
-            assert api_b.view(tid) == view
+    with server_factory(**joined) as b, Api(a) as api_a, Api(b) as api_b:
+        view = api_a.start_ok()
+        tid, rider = view["tracking_id"], view["rider_id"]
+        assert api_b.view(tid) == view
 
-            async def body() -> None:
-                async with ws_connect(b, tid) as watcher:
-                    await initial_state(watcher)
-                    resp = await asyncio.to_thread(api_a.update, tid, 5.61, -0.18,
-                                                   rider=view["rider_id"])
+        async def body() -> None:
+            async with ws_connect(a, tid) as on_a, ws_connect(b, tid) as on_b:
+                await initial_state(on_a)
+                await initial_state(on_b)
+                # Posted to A, then to B: both watchers get both, in that order.
+                for api, lat in ((api_a, 5.61), (api_b, 5.62)):
+                    resp = await asyncio.to_thread(api.update, tid, lat, -0.18, rider=rider)
                     assert resp.status_code == 200, resp.text
-                    msg = await recv_type(watcher, "location_update")
-                    assert msg["data"] == resp.json()
+                    for ws in (on_a, on_b):
+                        msg = await recv_type(ws, "location_update")
+                        assert msg["data"] == resp.json()
 
-            run(body())
-            assert api_b.view(tid)["seq"] == view["seq"] + 1
+        run(body())
+    with Api(a) as api_a:
+        assert api_a.view(tid)["seq"] == view["seq"] + 2
+        assert api_a.start_ok()["status"] == "ASSIGNED"

@@ -274,7 +274,7 @@ def test_messages_reach_watchers_in_the_order_accepted(api: Api) -> None:
                 else:
                     await send_update(rider_ws, lat, 0.0, status)
             for ws in (rider_ws, *watchers):
-                updates = []
+                updates: list[dict[str, Any]] = []
                 while len(updates) < n:
                     msg = await recv_json(ws)
                     if msg["type"] == "location_update":
