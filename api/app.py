@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from api import errors, observability, routes, ws
+from api import errors, observability, pages, routes, ws
 from api.gateway import Gateway
 from engine.client import EngineClient, Transport
 from engine.dispatcher import Dispatcher, Outbox
@@ -79,12 +79,7 @@ def create_app(settings: Settings) -> FastAPI:
     errors.install(app)
     app.include_router(routes.router)
     app.include_router(ws.router)
-    try:
-        from api import pages
-    except ImportError:
-        pass
-    else:
-        app.include_router(pages.router)
+    app.include_router(pages.router)
     return app
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import html
-import os
 import re
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -17,6 +16,8 @@ from urllib.parse import urlsplit
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, Response
 from starlette.staticfiles import StaticFiles
+
+from engine.settings import Settings
 
 STATIC_DIR = Path(__file__).parent / "static"
 
@@ -30,12 +31,10 @@ router = APIRouter(include_in_schema=False)
 _static = StaticFiles(directory=STATIC_DIR)
 
 
-def tile_settings() -> tuple[str, str]:
+def tile_settings(request: Request) -> tuple[str, str]:
     """The optional map tile URL template and its attribution text ("" when unset)."""
-    return (
-        os.environ.get("TRACKING_TILE_URL", "").strip(),
-        os.environ.get("TRACKING_TILE_ATTRIBUTION", "").strip(),
-    )
+    settings: Settings = request.app.state.settings
+    return (settings.tile_url or "", settings.tile_attribution or "")
 
 
 def tile_img_source(template: str) -> str:
@@ -81,8 +80,10 @@ def render_page(template_name: str, values: dict[str, str]) -> str:
     return text
 
 
-def _page(template_name: str, values: dict[str, str], status_code: int = 200) -> HTMLResponse:
-    tile_url, attribution = tile_settings()
+def _page(
+    request: Request, template_name: str, values: dict[str, str], status_code: int = 200
+) -> HTMLResponse:
+    tile_url, attribution = tile_settings(request)
     body = render_page(
         template_name, {"tile_url": tile_url, "tile_attribution": attribution, **values}
     )
@@ -90,18 +91,18 @@ def _page(template_name: str, values: dict[str, str], status_code: int = 200) ->
 
 
 @router.get("/track/{tracking_id}", response_class=HTMLResponse)
-async def track_page(tracking_id: str) -> HTMLResponse:
+async def track_page(tracking_id: str, request: Request) -> HTMLResponse:
     """The public live tracking page a customer opens from an SMS link."""
     if not _TRACKING_ID.fullmatch(tracking_id):
         # The page itself tells "not found" apart from "expired" by asking the API.
-        return _page("track.html", {"tracking_id": ""}, status_code=404)
-    return _page("track.html", {"tracking_id": tracking_id})
+        return _page(request, "track.html", {"tracking_id": ""}, status_code=404)
+    return _page(request, "track.html", {"tracking_id": tracking_id})
 
 
 @router.get("/ops", response_class=HTMLResponse)
-async def ops_page() -> HTMLResponse:
+async def ops_page(request: Request) -> HTMLResponse:
     """The ops map; the page asks for a superadmin token and uses it on `/ws/ops`."""
-    return _page("ops.html", {})
+    return _page(request, "ops.html", {})
 
 
 @router.get("/static/{path:path}")

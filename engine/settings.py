@@ -49,6 +49,7 @@ class Settings(BaseSettings):
     ws_queue_max: int = Field(default=256, ge=8)
     ws_max_message_bytes: int = Field(default=65536, ge=1024)
     tile_url: str | None = None
+    tile_attribution: str | None = None
 
     @field_validator("order_service_url", "notification_service_url", "ray_address", "tile_url")
     @classmethod

@@ -99,6 +99,23 @@ def shard_db_path(data_dir: Path, shard: int) -> Path:
     return data_dir / f"shard-{shard:03d}.sqlite3"
 
 
+SCHEMA_VERSION = 2
+
+
+def _check_schema(conn: sqlite3.Connection, path: Path) -> None:
+    """Refuse a file written by an incompatible version instead of failing on every write."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    columns = tuple(r[1] for r in conn.execute("PRAGMA table_info(sessions)"))
+    if columns != ROW_COLUMNS or version not in (0, SCHEMA_VERSION):
+        raise StoreError(
+            f"store file {path} has schema version {version} with session columns "
+            f"{len(columns)}, this version needs {SCHEMA_VERSION} with {len(ROW_COLUMNS)}: "
+            "point TRACKING_DATA_DIR at a new directory or move the old files away"
+        )
+    if version == 0:
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
 def connect(path: Path, check: bool = False) -> sqlite3.Connection:
     """Open a store file, creating it; raise StoreError with a clear message when unusable."""
     try:
@@ -112,6 +129,7 @@ def connect(path: Path, check: bool = False) -> sqlite3.Connection:
             if result is None or result[0] != "ok":
                 raise StoreError(f"store file {path} is corrupt: {result}")
         conn.executescript(SCHEMA)
+        _check_schema(conn, path)
         return conn
     except sqlite3.DatabaseError as e:
         raise StoreError(f"store file {path} cannot be used: {e}") from e
