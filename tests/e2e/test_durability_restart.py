@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -35,16 +35,55 @@ def stubs() -> Iterator[IntegrationStubs]:
         yield s
 
 
-def _server(ray_address: str, namespace: str, data_dir: Path, secret: str,
+def _server(ray_address: str | None, namespace: str, data_dir: Path, secret: str,
             stubs: IntegrationStubs) -> ServerProcess:
-    env = {
-        "TRACKING_RAY_ADDRESS": ray_address,
-        "TRACKING_RAY_NAMESPACE": namespace,
-        "TRACKING_SHARDS": str(SHARDS),
-        **stubs.env(),
-    }
+    env = {"TRACKING_SHARDS": str(SHARDS), **stubs.env()}
+    if ray_address is None:
+        env["TRACKING_ENGINE"] = "local"  # shards and dispatcher live in the server process
+    else:
+        env.update(TRACKING_RAY_ADDRESS=ray_address, TRACKING_RAY_NAMESPACE=namespace)
     return ServerProcess(env=env, data_dir=str(data_dir), secret=secret,
                          log_path=str(data_dir.parent / f"server-{namespace}.log"))
+
+
+def _crash_and_restart(first: ServerProcess, second: ServerProcess, stubs: IntegrationStubs,
+                       after_kill: Callable[[], None]) -> None:
+    stream = RiderStream(first.secret, n=8, steps=40)
+    # The notification service answers 503 until after the crash, so calls are still owed
+    # (pending in the outbox) when the service dies.
+    stubs.notifications.set_failing(503)
+    first.start()
+
+    async def before_crash() -> None:
+        async with httpx.AsyncClient(base_url=first.base_url, timeout=timeout(10)) as client:
+            await stream.start_sessions(client)
+            riding = asyncio.create_task(stream.run(client))
+            # Crash once the stream is well under way, with requests in flight.
+            assert await until(lambda: stream.acked_total() >= 80, 60)
+            await asyncio.to_thread(first.kill)
+            # Let the riders hit the dead server for a moment, then stop them.
+            assert await until(lambda: stream.unanswered >= 8, 30)
+            stream.stopped = True
+            await riding
+
+    asyncio.run(before_crash())
+    assert not all(r.done for r in stream.rides), "the crash came after the stream ended"
+    after_kill()
+    acked_before = stream.acked_total()
+
+    second.start()
+    stubs.notifications.clear_failing()
+    stream.stopped = False
+
+    async def after_restart() -> None:
+        async with httpx.AsyncClient(base_url=second.base_url, timeout=timeout(30)) as client:
+            # Every acknowledged update survived, and the sessions carry on from there.
+            await stream.run(client)
+            assert all(r.done for r in stream.rides)
+            await verify_durable(client, stream, stubs, second.secret)
+
+    asyncio.run(after_restart())
+    assert stream.acked_total() > acked_before
 
 
 def test_sigkill_mid_stream_then_restart_keeps_every_acknowledged_update_and_owed_call(
@@ -53,47 +92,27 @@ def test_sigkill_mid_stream_then_restart_keeps_every_acknowledged_update_and_owe
     data_dir = tmp_path / "data"
     secret = secrets.token_urlsafe(32)
     first_ns, second_ns = ("dur-" + uuid.uuid4().hex[:8] for _ in range(2))
-    stream = RiderStream(secret, n=8, steps=40)
-    # The notification service answers 503 until after the crash, so calls are still owed
-    # (pending in the outbox) when the service dies.
-    stubs.notifications.set_failing(503)
     first = _server(ray_address, first_ns, data_dir, secret, stubs)
     second = _server(ray_address, second_ns, data_dir, secret, stubs)
     try:
-        first.start()
-
-        async def before_crash() -> None:
-            async with httpx.AsyncClient(base_url=first.base_url, timeout=timeout(10)) as client:
-                await stream.start_sessions(client)
-                riding = asyncio.create_task(stream.run(client))
-                # Crash once the stream is well under way, with requests in flight.
-                assert await until(lambda: stream.acked_total() >= 80, 60)
-                await asyncio.to_thread(first.kill)
-                # Let the riders hit the dead server for a moment, then stop them.
-                assert await until(lambda: stream.unanswered >= 8, 30)
-                stream.stopped = True
-                await riding
-
-        asyncio.run(before_crash())
-        assert not all(r.done for r in stream.rides), "the crash came after the stream ended"
-        kill_namespace(first_ns, SHARDS)
-        acked_before = stream.acked_total()
-
-        second.start()
-        stubs.notifications.clear_failing()
-        stream.stopped = False
-
-        async def after_restart() -> None:
-            async with httpx.AsyncClient(base_url=second.base_url, timeout=timeout(30)) as client:
-                # Every acknowledged update survived, and the sessions carry on from there.
-                await stream.run(client)
-                assert all(r.done for r in stream.rides)
-                await verify_durable(client, stream, stubs, secret)
-
-        asyncio.run(after_restart())
-        assert stream.acked_total() > acked_before
+        _crash_and_restart(first, second, stubs, lambda: kill_namespace(first_ns, SHARDS))
     finally:
         first.stop()
         second.stop()
         kill_namespace(first_ns, SHARDS)
         kill_namespace(second_ns, SHARDS)
+
+
+def test_local_engine_sigkill_then_restart_loses_nothing(
+    tmp_path: Path, stubs: IntegrationStubs
+) -> None:
+    # TRACKING_ENGINE=local: the SIGKILL takes the shards and the dispatcher down with the API.
+    data_dir = tmp_path / "data"
+    secret = secrets.token_urlsafe(32)
+    first = _server(None, "local-1", data_dir, secret, stubs)
+    second = _server(None, "local-2", data_dir, secret, stubs)
+    try:
+        _crash_and_restart(first, second, stubs, lambda: None)
+    finally:
+        first.stop()
+        second.stop()
