@@ -155,16 +155,20 @@ def main(argv: list[str] | None = None) -> int:
     except (ScenarioError, ValueError, OSError) as e:
         print(f"tracking sim: {e}", file=sys.stderr)
         return 2
+    out = a.out or f"out/sim-{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    target = Target(
+        url=a.url, secret=a.secret, server_log=str(Path(out).with_suffix(".server.log"))
+    )
     # SIGTERM unwinds like Ctrl-C, so the server and workers this run started are stopped.
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        report = run(cfg, Target(url=a.url, secret=a.secret))
+        report = run(cfg, target)
     except KeyboardInterrupt:
         print("tracking sim: interrupted; no report", file=sys.stderr)
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
-    out = a.out or f"out/sim-{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     json_path, html_path = write_reports(report, out)
     print(render_table(report))
     print(f"report: {json_path} {html_path}")

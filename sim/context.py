@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 
@@ -40,6 +41,7 @@ class SliceConfig:
     reconnect_down_s: float = 1.0
     invalid: frozenset[int] = frozenset()  # deliveries whose rider posts invalid transitions
     watchers_ready_timeout_s: float = 60.0
+    tail_grace_s: float = 120.0  # after the rider is done, how long its watchers may lag
     request_timeout_s: float = 30.0
 
 
@@ -65,7 +67,9 @@ class SessionTrack:
         "ready",
         "rider_id",
         "sent_at",
+        "sockets",
         "statuses",
+        "stopping",
         "tracking_id",
         "watchers_pending",
     )
@@ -83,6 +87,8 @@ class SessionTrack:
         self.final_seq: int | None = None
         self.statuses: list[str] = []  # status changes the server acknowledged, in order
         self.delivered = False
+        self.sockets: set[Any] = set()  # the watchers' open connections
+        self.stopping = False  # the rider is done and its watchers' wait is over
         self.done = asyncio.Event()
         self.ready = asyncio.Event()
         self.watchers_pending = 0

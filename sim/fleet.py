@@ -22,7 +22,9 @@ Progress = Callable[[dict[str, Any]], None]
 
 async def run_slice(cfg: SliceConfig, progress: Progress | None = None) -> Metrics:
     """Run the deliveries in `cfg.indices` to completion (or the deadline); return the metrics."""
-    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+    # Idle connections are dropped well before uvicorn's 5 s keep-alive timeout: reusing one
+    # the server is closing at that moment fails the POST with a ReadError.
+    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256, keepalive_expiry=2.0)
     timeout = httpx.Timeout(cfg.request_timeout_s)
     async with httpx.AsyncClient(base_url=cfg.base_url, limits=limits, timeout=timeout) as http:
         ctx = Ctx(cfg, http, limiter=RateLimiter(cfg.connect_rate_per_s))
@@ -75,8 +77,23 @@ async def _delivery(ctx: Ctx, index: int, start_after_s: float) -> None:
     except TimeoutError:
         ctx.metrics.error("watchers_not_ready", track.tracking_id)
     await ride(ctx, plan, track, use_ws)
-    await asyncio.gather(*watchers)
+    await _finish_watchers(ctx, track, watchers)
     ctx.metrics.sessions.append(_outcome(ctx, track))
+
+
+async def _finish_watchers(
+    ctx: Ctx, track: SessionTrack, watchers: list[asyncio.Task[None]]
+) -> None:
+    """Watchers end on DELIVERED; one that has not seen it by `tail_grace_s` after the rider
+    finished (the rider gave up, or the message is lost) is stopped, its tail counted lost."""
+    if not watchers:
+        return
+    _, pending = await asyncio.wait(watchers, timeout=ctx.cfg.tail_grace_s)
+    if pending:
+        track.stopping = True
+        for ws in list(track.sockets):
+            await ws.close()
+    await asyncio.gather(*watchers)
 
 
 def _outcome(ctx: Ctx, track: SessionTrack) -> dict[str, Any]:

@@ -56,9 +56,14 @@ class WsReporter:
 
     def __init__(self, ctx: Ctx, track: SessionTrack, ws: ClientConnection) -> None:
         self._ctx, self._track, self._ws = ctx, track, ws
+        self._broken = False
 
     @classmethod
     async def open(cls, ctx: Ctx, track: SessionTrack) -> WsReporter:
+        return cls(ctx, track, await cls._connect(ctx, track))
+
+    @staticmethod
+    async def _connect(ctx: Ctx, track: SessionTrack) -> ClientConnection:
         tok = ctx.token("rider", track.rider_id)
         url = f"{ctx.cfg.ws_url}/ws/tracking/{track.tracking_id}" + (f"?token={tok}" if tok else "")
         ws = await connect(url, compression=None, ping_interval=None, open_timeout=30)
@@ -66,11 +71,15 @@ class WsReporter:
         if first.get("type") != "initial_state":
             await ws.close()
             raise Refused("ws", f"first message {first.get('type')!r}")
-        return cls(ctx, track, ws)
+        return ws
 
     async def send(self, body: dict[str, Any]) -> dict[str, Any]:
         want = self._track.acked_seq + 1
         try:
+            if self._broken:  # as a rider app does: a new socket after a failed one
+                await self._ws.close()
+                self._ws = await self._connect(self._ctx, self._track)
+                self._broken = False
             await self._ws.send(
                 orjson.dumps({"type": "location_update", "location": body}).decode()
             )
@@ -84,7 +93,8 @@ class WsReporter:
                     if kind == "location_update" and data.get("seq", 0) >= want:
                         view: dict[str, Any] = data
                         return view
-        except (TimeoutError, WebSocketException) as e:
+        except (OSError, TimeoutError, WebSocketException) as e:
+            self._broken = True
             raise Uncertain(type(e).__name__) from e
 
     async def close(self) -> None:
@@ -168,25 +178,37 @@ async def ride(ctx: Ctx, plan: DeliveryPlan, track: SessionTrack, use_ws: bool) 
 
 
 async def _send(ctx: Ctx, reporter: Reporter, track: SessionTrack, u: Update, via: str) -> bool:
+    """Send one update; after a failure that leaves it unknown whether the server applied it,
+    look at the session and send again if not (as a rider app retries), up to 3 times."""
     m = ctx.metrics
     want = track.acked_seq + 1
-    sent = time.monotonic()
-    track.sent_at[want] = sent
     m.counts["updates_sent"] += 1
     m.counts[f"updates_sent_{via}"] += 1
-    m.sent_per_s[int(ctx.now())] += 1
-    try:
-        view = await reporter.send(u.body())
-    except Refused as e:
+    resynced = False
+    for attempt in range(3):
+        sent = time.monotonic()
+        track.sent_at[want] = sent
+        m.sent_per_s[int(ctx.now())] += 1
+        if attempt:
+            m.counts["update_retries"] += 1
+        try:
+            view = await reporter.send(u.body())
+            break
+        except Refused as e:
+            del track.sent_at[want]
+            m.error(f"update_refused_{e.code}", f"{track.tracking_id} seq {want}: {e.detail}")
+            return False
+        except Uncertain as e:
+            m.error(f"update_uncertain_{e}", track.tracking_id)
+            current = await _current_view(ctx, track)
+            if current is not None and current.get("seq", 0) >= want:
+                view, resynced = current, True  # it was applied; the watchers saw it
+                break
+    else:
         del track.sent_at[want]
-        m.error(f"update_refused_{e.code}", f"{track.tracking_id} seq {want}: {e.detail}")
         return False
-    except Uncertain as e:
-        del track.sent_at[want]
-        m.error(f"update_uncertain_{e}", track.tracking_id)
-        await _resync(ctx, track)
-        return False
-    m.ack_s.append(time.monotonic() - sent)
+    if not resynced:
+        m.ack_s.append(time.monotonic() - sent)
     m.counts["updates_acked"] += 1
     seq = view.get("seq")
     if seq != want and isinstance(seq, int):
@@ -223,11 +245,15 @@ async def _send_invalid(ctx: Ctx, reporter: Reporter, u: Update, status: str, al
     m.error("invalid_accepted", f"{status} was accepted")
 
 
-async def _resync(ctx: Ctx, track: SessionTrack) -> None:
-    """After an uncertain send, learn the session's seq again so latency keys stay right."""
+async def _current_view(ctx: Ctx, track: SessionTrack) -> dict[str, Any] | None:
+    """After an uncertain send: the session as the server has it now, if it answers."""
     try:
         r = await ctx.http.get(f"/tracking/{track.tracking_id}")
-        if r.status_code == 200 and isinstance(r.json().get("seq"), int):
-            track.acked_seq = r.json()["seq"]
-    except httpx.HTTPError:
-        ctx.metrics.error("resync_failed", track.tracking_id)
+    except httpx.HTTPError as e:
+        ctx.metrics.error(f"resync_{type(e).__name__}", track.tracking_id)
+        return None
+    if r.status_code != 200 or not isinstance(r.json().get("seq"), int):
+        ctx.metrics.error(f"resync_{r.status_code}", track.tracking_id)
+        return None
+    view: dict[str, Any] = r.json()
+    return view

@@ -35,6 +35,7 @@ class Target:
     url: str | None = None  # None: start a server (and the stubs) for this run
     secret: str | None = None  # signs tokens; for an external server, its TRACKING_JWT_SECRET
     stubs: IntegrationStubs | None = None  # stubs an external server was started against
+    server_log: str = ""  # where the server this run starts writes its log (default: data dir)
     log: TextIO = sys.stderr
 
 
@@ -48,7 +49,9 @@ def run(cfg: RunConfig, target: Target) -> dict[str, Any]:
             stubs = stubs or stack.enter_context(IntegrationStubs())
             env = {**stubs.env(), **cfg.server_env}
             print(f"sim: starting a server ({cfg.server_workers} worker(s))...", file=target.log)
-            srv = stack.enter_context(ServerProcess(env=env, workers=cfg.server_workers))
+            srv = stack.enter_context(
+                ServerProcess(env=env, workers=cfg.server_workers, log_path=target.server_log)
+            )
             base, ws, secret, fallback = srv.base_url, srv.ws_url, srv.secret, None
         else:
             base = target.url.rstrip("/")
@@ -76,6 +79,7 @@ def run(cfg: RunConfig, target: Target) -> dict[str, Any]:
             start_spread_s=cfg.start_spread_s,
             connect_rate_per_s=cfg.connect_rate_per_s / cfg.procs,
             eta_speed_kmh=cfg.eta_speed_kmh,
+            tail_grace_s=cfg.tail_grace_s,
             reconnect=cfg.deliveries_with("watcher_reconnect"),
             invalid=cfg.deliveries_with("invalid_transition"),
             **_reconnect_settings(cfg),
@@ -92,6 +96,8 @@ def run(cfg: RunConfig, target: Target) -> dict[str, Any]:
         if stubs is not None:
             integ = _wait_integrations(cfg, stubs, metrics, secret, target.log).as_dict()
         info = {"url": base, "started_by_sim": target.url is None, "procs": cfg.procs}
+        if target.url is None:
+            info["server_log"] = srv.log_path
         info["server_stats"] = _server_stats(base, secret)
         report = build_report(cfg, metrics, duration_s=duration, integrations=integ, target=info)
         report["failed_expectations"] = evaluate(cfg.expect, figures(report))

@@ -63,6 +63,7 @@ class RunConfig:
     timeout_s: float = 900.0
     eta_speed_kmh: float | None = 30.0
     integration_wait_s: float = 60.0
+    tail_grace_s: float = 120.0
     server_workers: int = 1
     server_env: Mapping[str, str] = field(default_factory=dict)
     faults: tuple[Fault, ...] = ()
@@ -92,7 +93,7 @@ class RunConfig:
 _FLEET_KEYS = {
     "riders", "watchers_per_delivery", "roles", "http_ratio", "speedup", "procs",
     "start_spread_s", "connect_rate_per_s", "timeout_s", "eta_speed_kmh",
-    "integration_wait_s", "interval_s", "gps_noise_m", "phone_ratio", "vehicle_mix",
+    "integration_wait_s", "tail_grace_s", "interval_s", "gps_noise_m", "phone_ratio", "vehicle_mix",
 }  # fmt: skip
 
 

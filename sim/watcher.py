@@ -54,6 +54,7 @@ async def watch(ctx: Ctx, track: SessionTrack, role: str, number: int) -> None:
             m.counts["connection_failures"] += 1
             return
         ctx.open_sockets += 1
+        track.sockets.add(ws)
         m.counts["watchers_connected"] += 1
         remaining = cfg.t0_monotonic + cfg.deadline_s - time.monotonic()
         try:
@@ -78,10 +79,14 @@ async def watch(ctx: Ctx, track: SessionTrack, role: str, number: int) -> None:
         except TimeoutError:
             m.error("watcher_deadline", track.tracking_id)
         except ConnectionClosed as e:
-            m.error(f"closed_{e.rcvd.code if e.rcvd else 'abnormal'}", track.tracking_id)
+            if track.stopping:
+                m.error("watcher_stopped_waiting", f"{track.tracking_id} at seq {check.last_seq}")
+            else:
+                m.error(f"closed_{e.rcvd.code if e.rcvd else 'abnormal'}", track.tracking_id)
     finally:
         if ws is not None:
             ctx.open_sockets -= 1
+            track.sockets.discard(ws)
             await ws.close()
         if not ready_sent:
             track.watcher_ready()
@@ -104,6 +109,7 @@ async def _reconnect(
 ) -> ClientConnection | None:
     """Fault: drop the socket, stay away a while, come back, and catch up from the history."""
     m = ctx.metrics
+    track.sockets.discard(ws)
     await ws.close()
     ctx.open_sockets -= 1
     await asyncio.sleep(ctx.cfg.reconnect_down_s)
@@ -114,6 +120,7 @@ async def _reconnect(
         m.counts["connection_failures"] += 1
         return None
     ctx.open_sockets += 1
+    track.sockets.add(new)
     m.counts["reconnects"] += 1
     seen = check.last_seq or 0
     check.reconnected()
