@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from api.launcher import ServerProcess
+from engine.store import SqliteStore, shard_db_path
 from tests.support import timeout
 
 
@@ -49,9 +50,7 @@ def test_a_corrupt_store_file_is_refused_with_a_clear_message(
 def test_a_damaged_database_is_refused(ray_address: str, tmp_path: Path) -> None:
     # A real SQLite file whose pages were overwritten (a torn disk, not a wrong file).
     data = tmp_path / "data"
-    srv = _serve(ray_address, data, tmp_path / "first.log")
-    srv.start()
-    srv.stop()
+    SqliteStore(shard_db_path(data, 0)).close()  # a healthy store file, as a shard leaves it
     target = data / "shard-000.sqlite3"
     raw = bytearray(target.read_bytes())
     assert len(raw) >= 4096
