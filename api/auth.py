@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any
@@ -12,8 +11,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from engine.errors import Forbidden, Unauthenticated
-
-ALGORITHM = "HS256"
+from engine.tokens import ALGORITHM, mint_token
 
 
 class Role(StrEnum):
@@ -35,13 +33,6 @@ class Principal:
     @property
     def is_admin(self) -> bool:
         return self.role is Role.SUPERADMIN
-
-
-def mint_token(secret: str, role: str, sub: str, ttl_s: int, now: float | None = None) -> str:
-    """A signed HS256 token with `sub`, `role`, `iat` and `exp`."""
-    issued = int(time.time() if now is None else now)
-    claims = {"sub": sub, "role": role, "iat": issued, "exp": issued + int(ttl_s)}
-    return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
 def decode_token(secret: str, token: str) -> Principal:
@@ -112,3 +103,5 @@ def require_roles(*roles: Role) -> Any:
 
 CurrentPrincipal = Annotated[Principal, Depends(required_principal)]
 MaybePrincipal = Annotated[Principal | None, Depends(optional_principal)]
+
+__all__ = ["ALGORITHM", "Principal", "Role", "decode_token", "mint_token"]

@@ -34,6 +34,10 @@ def mint(secret: str, role: str, sub: str, ttl_s: int = 3600) -> str:
     return jwt.encode({"sub": sub, "role": role, "iat": now, "exp": now + ttl_s}, secret, "HS256")
 
 
+class PortTaken(RuntimeError):
+    """The free port picked for the server was taken by someone else first."""
+
+
 def descendants(pid: int) -> list[int]:
     """Every live process below `pid` in the process tree (Linux /proc)."""
     children: dict[int, list[int]] = {}
@@ -94,8 +98,22 @@ class ServerProcess:
         return mint(self.secret, role, sub, ttl_s)
 
     def start(self) -> ServerProcess:
-        if not self.port:
-            self.port = free_port(self.host)
+        """Start and wait until /health answers; a port taken meanwhile is retried on another."""
+        chosen = self.port
+        auto_log = not self.log_path
+        for attempt in range(3):
+            if not chosen:
+                self.port = free_port(self.host)
+            if auto_log:
+                self.log_path = ""  # one log file per attempt, named by its port
+            try:
+                return self._start_once()
+            except PortTaken:
+                if chosen or attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _start_once(self) -> ServerProcess:
         if not self.data_dir:
             self._tmp = tempfile.TemporaryDirectory(prefix="tracking-data-")
             self.data_dir = self._tmp.name
@@ -122,7 +140,10 @@ class ServerProcess:
         while time.monotonic() < deadline:
             assert self.proc is not None
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_tail()}")
+                tail = self.log_tail()
+                if "address already in use" in tail.lower():
+                    raise PortTaken(f"port {self.port} was taken before the server bound it")
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{tail}")
             try:
                 if httpx.get(self.base_url + "/health", timeout=2).status_code == 200:
                     return

@@ -26,14 +26,15 @@ from typing import Any, Protocol, TypeVar
 import httpx
 import orjson
 
-from api.auth import Role, mint_token
 from engine.clock import Clock, system_clock
 from engine.integrations import NOTIFICATION, ORDER
 from engine.outbox_policy import Backoff, Outcome, decide, describe
 from engine.settings import Settings
 from engine.store import OutboxRow, OutboxStore, shard_db_path
+from engine.tokens import mint_token
 
 log = logging.getLogger(__name__)
+SERVICE_ROLE = "service"
 
 T = TypeVar("T")
 
@@ -190,7 +191,7 @@ class Dispatcher:
     def _bearer(self) -> str:
         now = self.clock()
         if self._token is None or now >= self._token[1]:
-            token = mint_token(self.secret, Role.SERVICE.value, SERVICE_SUB, TOKEN_TTL_S, now=now)
+            token = mint_token(self.secret, SERVICE_ROLE, SERVICE_SUB, TOKEN_TTL_S, now=now)
             self._token = (token, now + TOKEN_TTL_S / 2)
         return self._token[0]
 

@@ -66,8 +66,10 @@ class ShardHost:
         if not events and timeout_s > 0:
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._waiters.add(fut)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(fut, timeout_s)
+                async with asyncio.timeout(timeout_s):
+                    await fut
             self._waiters.discard(fut)
             base, events = self.shard.take(gateway, ack, connections)
         return self.epoch, base, events

@@ -230,12 +230,16 @@ class OutboxStore:
         self.conn = connect(path)
 
     def due_heads(self, now: float, limit: int = 200) -> list[OutboxRow]:
-        """The oldest pending call of each session, when it is due (per-session order)."""
+        """The oldest pending call of each session to each receiver, when it is due.
+
+        Order holds per session and receiver: an outage of the notification service does not
+        hold back the order service's DELIVERED call (neither receiver sees the other's calls).
+        """
         cur = self.conn.execute(
             "SELECT o.id, o.tracking_id, o.target, o.path, o.body, o.idempotency_key,"
             " o.attempts, o.next_attempt_at FROM outbox o"
             " JOIN (SELECT MIN(id) AS id FROM outbox WHERE state = 'pending'"
-            "       GROUP BY tracking_id) h ON h.id = o.id"
+            "       GROUP BY tracking_id, target) h ON h.id = o.id"
             " WHERE o.next_attempt_at <= ? ORDER BY o.id LIMIT ?",
             (now, limit),
         )
@@ -295,12 +299,12 @@ class OutboxStore:
 
 def check_data_dir(data_dir: Path, shards: int) -> None:
     """Fail early with a clear StoreError when the data dir or a shard file is unusable."""
+    if data_dir.exists() and not data_dir.is_dir():
+        raise StoreError(f"data directory {data_dir} is not a directory")
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise StoreError(f"data directory {data_dir} cannot be created: {e}") from e
-    if not data_dir.is_dir():
-        raise StoreError(f"data directory {data_dir} is not a directory")
     if not os.access(data_dir, os.W_OK):
         raise StoreError(f"data directory {data_dir} is not writable")
     for i in range(shards):
