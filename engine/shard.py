@@ -53,6 +53,16 @@ class GatewayQueue:
     lost: int = 0
 
 
+@dataclass(slots=True)
+class _Batch:
+    """What one batch accepted: journaled together, then published."""
+
+    created: list[Session] = field(default_factory=list)
+    changes: list[Change] = field(default_factory=list)
+    outbox: list[OutboxItem] = field(default_factory=list)
+    events: list[tuple[str, str, int, bytes]] = field(default_factory=list)
+
+
 @dataclass(frozen=True, slots=True)
 class ShardConfig:
     index: int
@@ -107,67 +117,56 @@ class Shard:
         """Apply a batch, journal it in one transaction, then publish its events."""
         now = self.clock()
         results: list[Result] = []
-        created: list[Session] = []
-        changes: list[Change] = []
-        outbox: list[OutboxItem] = []
-        events: list[tuple[str, str, int, bytes]] = []
+        batch = _Batch()
         for cmd in commands:
             try:
-                value = self._apply(cmd, now, created, changes, outbox, events)
+                value = self._apply(cmd, now, batch)
                 results.append(("ok", value))
             except TrackingError as e:
                 results.append(("err", *e.to_wire()))
             except Exception as e:  # a bug must not take the other commands of the batch down
                 log.exception("command %r failed", cmd[:1])
                 results.append(("err", "error", f"internal error: {type(e).__name__}"))
-        if changes:
+        if batch.changes:
             try:
-                self.store.commit(created, changes, outbox)
+                self.store.commit(batch.created, batch.changes, batch.outbox)
             except Exception:
                 log.exception("journal commit failed; reloading shard %d", self.cfg.index)
                 self._load()
                 # Every answer of the batch may have seen the unjournaled state: refuse them all.
                 failed = Unavailable("the journal could not be written; retry").to_wire()
                 return [("err", *failed) for _ in commands]
-        for tid, kind, seq, msg in events:
+        for tid, kind, seq, msg in batch.events:
             self._publish(tid, kind, seq, msg, now)
         return results
 
-    def _apply(
-        self,
-        cmd: Command,
-        now: float,
-        created: list[Session],
-        changes: list[Change],
-        outbox: list[OutboxItem],
-        events: list[tuple[str, str, int, bytes]],
-    ) -> Any:
+    def _apply(self, cmd: Command, now: float, batch: _Batch) -> Any:
         op = cmd[0]
         if op == "update":
             _, tid, lat, lng, status, rider = cmd
             s = self._live(tid, now)
             s.authorize_update(rider)
             ch = s.apply_update(lat, lng, parse_status(status), now, self.lt)
-            changes.append(ch)
+            batch.changes.append(ch)
             view = s.view()
             encoded = orjson.dumps(view)
             if tid in self.watchers:
-                events.append((tid, "u", ch.seq, LOCATION_UPDATE % encoded))
+                batch.events.append((tid, "u", ch.seq, LOCATION_UPDATE % encoded))
                 if ch.previous_status is not None:
                     data = {**view, "previous_status": ch.previous_status.value}
-                    events.append((tid, "s", ch.seq,
+                    batch.events.append((tid, "s", ch.seq,
                                    orjson.dumps({"type": "status_change", "data": data})))
             if ch.previous_status is not None:
                 if ch.status is Status.DELIVERED:
                     heapq.heappush(self._timers, (s.expires_at(self.lt), "x", tid))
-                outbox.extend(self._owed(s, ch))
+                batch.outbox.extend(self._owed(s, ch))
             return encoded
         if op == "get":
             return orjson.dumps(self._live(cmd[1], now).view())
         if op == "ping":
             return len(self.sessions)
         if op == "start":
-            return self._start(cmd, now, created, changes, outbox)
+            return self._start(cmd, now, batch)
         if op == "watch":
             _, tid, gw = cmd
             current = orjson.dumps(self._live(tid, now).view())
@@ -175,12 +174,7 @@ class Shard:
             self._gateway(gw, now)
             return current
         if op == "unwatch":
-            _, tid, gw = cmd
-            ws = self.watchers.get(tid)
-            if ws is not None:
-                ws.discard(gw)
-                if not ws:
-                    del self.watchers[tid]
+            self._unwatch(cmd[1], cmd[2])
             return None
         if op == "rider":
             return self._rider(cmd[1], now)
@@ -198,14 +192,7 @@ class Shard:
     def _owed(self, s: Session, ch: Change) -> list[OutboxItem]:
         return owed_calls(s, ch, self.cfg.order_service, self.cfg.notification_service)
 
-    def _start(
-        self,
-        cmd: Command,
-        now: float,
-        created: list[Session],
-        changes: list[Change],
-        outbox: list[OutboxItem],
-    ) -> bytes:
+    def _start(self, cmd: Command, now: float, batch: _Batch) -> bytes:
         _, order_id, rider_id, dlat, dlng, phone = cmd
         existing = self.by_order.get(order_id)
         if existing is not None:
@@ -220,10 +207,10 @@ class Shard:
             tid = new_tracking_id(self.cfg.index, self.cfg.n_shards, self._token)
         s = Session(tid, order_id, rider_id, dlat, dlng, phone, now)
         self._index(s)
-        created.append(s)
+        batch.created.append(s)
         ch = s.first_change()
-        changes.append(ch)
-        outbox.extend(self._owed(s, ch))
+        batch.changes.append(ch)
+        batch.outbox.extend(self._owed(s, ch))
         return orjson.dumps(s.view())
 
     def _live(self, tid: str, now: float) -> Session:
@@ -333,10 +320,10 @@ class Shard:
             if now - q.last_seen > GATEWAY_IDLE_S:
                 del self.gateways[gw]
                 for tid in list(self.watchers):
-                    self.handle_unwatch_all(tid, gw)
+                    self._unwatch(tid, gw)
         return expired
 
-    def handle_unwatch_all(self, tid: str, gw: str) -> None:
+    def _unwatch(self, tid: str, gw: str) -> None:
         ws = self.watchers.get(tid)
         if ws is not None:
             ws.discard(gw)
@@ -356,9 +343,6 @@ class Shard:
             if not tids:
                 del self.by_rider[s.rider_id]
 
-    def check_expired(self, tid: str) -> None:
-        """Raise Expired/NotFound as `_live` would (for callers outside a batch)."""
-        self._live(tid, self.clock())
 
 
 __all__ = ["Command", "Event", "Expired", "Result", "Shard", "ShardConfig"]
