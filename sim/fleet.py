@@ -22,9 +22,8 @@ Progress = Callable[[dict[str, Any]], None]
 
 async def run_slice(cfg: SliceConfig, progress: Progress | None = None) -> Metrics:
     """Run the deliveries in `cfg.indices` to completion (or the deadline); return the metrics."""
-    # Idle connections are dropped well before uvicorn's 5 s keep-alive timeout: reusing one
-    # the server is closing at that moment fails the POST with a ReadError.
-    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256, keepalive_expiry=2.0)
+    # For session starts, history and resyncs; riders post updates on their own connection.
+    limits = httpx.Limits(max_connections=64, keepalive_expiry=2.0)
     timeout = httpx.Timeout(cfg.request_timeout_s)
     async with httpx.AsyncClient(base_url=cfg.base_url, limits=limits, timeout=timeout) as http:
         ctx = Ctx(cfg, http, limiter=RateLimiter(cfg.connect_rate_per_s))

@@ -41,6 +41,7 @@ def build_report(
             "sent_http": c["updates_sent_http"],
             "sent_ws": c["updates_sent_ws"],
             "ack_latency_ms": summary_ms(list(m.ack_s)),
+            "ack_latency_ws_ms": summary_ms(list(m.ack_ws_s)),
         },
         "invalid_transitions": {"sent": c["invalid_sent"], "rejected": c["invalid_rejected"]},
         "messages": {
@@ -149,6 +150,7 @@ def render_table(r: dict[str, Any]) -> str:
                      f"{w['saw_delivered']} saw DELIVERED"),
         ("latency update->watcher", _lat(lat)),
         ("latency update->ack", _lat(ack)),
+        ("  of which over ws", _lat(u["ack_latency_ws_ms"])),
         ("client loop lag", _lat(lag)),
         ("simulator memory", "{max_rss_mb} MB peak RSS in {processes} process(es), "
                              "{rss_kb_per_peak_socket} KB per open socket".format(**sim)),

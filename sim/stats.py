@@ -43,6 +43,7 @@ class Metrics:
     latency_t: array[float] = field(default_factory=lambda: array("d"))
     latency_s: array[float] = field(default_factory=lambda: array("d"))
     ack_s: array[float] = field(default_factory=lambda: array("d"))
+    ack_ws_s: array[float] = field(default_factory=lambda: array("d"))  # the WS riders' share
     loop_lag_s: array[float] = field(default_factory=lambda: array("d"))
     sent_per_s: Counter[int] = field(default_factory=Counter)
     received_per_s: Counter[int] = field(default_factory=Counter)
@@ -71,6 +72,7 @@ class Metrics:
         self.latency_t.extend(other.latency_t)
         self.latency_s.extend(other.latency_s)
         self.ack_s.extend(other.ack_s)
+        self.ack_ws_s.extend(other.ack_ws_s)
         self.loop_lag_s.extend(other.loop_lag_s)
         self.sent_per_s.update(other.sent_per_s)
         self.received_per_s.update(other.received_per_s)
