@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 from collections.abc import Sequence
@@ -29,6 +30,10 @@ DISPATCHER_NAME = "tracking-outbox"
 # Ray 2.60 turns token auth on by default; the head and every driver must agree. An embedded
 # instance on loopback needs none, so default it off unless the operator set it.
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# Ray starts workers at niceness 15; shards are the service's hot path, not background work,
+# and at 15 they starve behind the API processes whenever the cores are busy. (Read by the
+# raylet this process starts; a cluster joined by address keeps its own setting.)
+os.environ.setdefault("RAY_worker_niceness", "0")
 
 
 class _ShardActor:
@@ -40,6 +45,7 @@ class _ShardActor:
         logging.basicConfig(level=logging.INFO)
         settings = Settings.model_validate_json(settings_json)
         self.host = make_host(settings, index)
+        tune_gc()
 
     async def call(self, commands: Sequence[Command]) -> list[Result]:
         return await self.host.call(commands)
@@ -96,6 +102,18 @@ class _DispatcherActor:
 
 
 DispatcherActor = ray.remote(_DispatcherActor)
+
+
+def tune_gc() -> None:
+    """Fewer, cheaper cyclic-GC passes in a process holding many long-lived objects.
+
+    A shard holds tens of thousands of sessions; with CPython's default thresholds full
+    collections walk all of them several times a second and show up as latency spikes.
+    Freezing what exists after loading takes it out of collections altogether.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
 
 
 def init(settings: Settings) -> None:

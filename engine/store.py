@@ -28,6 +28,11 @@ CREATE TABLE IF NOT EXISTS history (
     previous_status TEXT, lat REAL, lng REAL, at REAL NOT NULL,
     PRIMARY KEY (tracking_id, seq)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS journal (
+    id INTEGER PRIMARY KEY,
+    tracking_id TEXT NOT NULL, seq INTEGER NOT NULL, status TEXT NOT NULL,
+    previous_status TEXT, lat REAL, lng REAL, at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     tracking_id TEXT NOT NULL, target TEXT NOT NULL, path TEXT NOT NULL, body BLOB NOT NULL,
@@ -71,6 +76,9 @@ class Store(Protocol):
 
     def purge(self, tracking_ids: Sequence[str]) -> None: ...
 
+    def compact(self, max_rows: int) -> int:
+        """Background housekeeping between batches; returns how much work was done."""
+
     def close(self) -> None: ...
 
 
@@ -90,6 +98,9 @@ class NullStore:
 
     def purge(self, tracking_ids: Sequence[str]) -> None:
         return None
+
+    def compact(self, max_rows: int) -> int:
+        return 0
 
     def close(self) -> None:
         return None
@@ -138,13 +149,47 @@ def connect(path: Path, check: bool = False) -> sqlite3.Connection:
 
 
 class SqliteStore:
-    """The journal of one shard in `shard-NNN.sqlite3` under the data dir."""
+    """The journal of one shard in `shard-NNN.sqlite3` under the data dir.
+
+    Log-structured: a batch appends its changes to `journal` (rowid order, so a commit writes a
+    few pages whatever sessions it touched). `compact`, run between batches, moves them into the
+    `history` table indexed by session, sorted, many rows per page write. Inserting each change
+    straight into that index cost about 40 us per update at 50,000 sessions (random pages, each
+    rewritten in the WAL per batch) against about 5 us appended.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.conn = connect(path)
+        self.conn.execute("PRAGMA cache_size=-32768")  # 32 MiB: keeps the history index hot
+
+    def compact(self, max_rows: int) -> int:
+        """Move up to `max_rows` of the oldest journaled changes into `history`."""
+        c = self.conn
+        row = c.execute(
+            "SELECT id FROM journal ORDER BY id LIMIT 1 OFFSET ?", (max(1, max_rows) - 1,)
+        ).fetchone()
+        if row is None:
+            row = c.execute("SELECT MAX(id) FROM journal").fetchone()
+        hi = row[0] if row else None
+        if hi is None:
+            return 0
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            c.execute(
+                "INSERT OR REPLACE INTO history SELECT tracking_id, seq, status, previous_status,"
+                " lat, lng, at FROM journal WHERE id <= ? ORDER BY tracking_id, seq", (hi,)
+            )
+            moved = c.execute("DELETE FROM journal WHERE id <= ?", (hi,)).rowcount
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+        return int(moved)
 
     def load_sessions(self, lt: Lifetimes) -> list[Session]:
+        while self.compact(100_000):
+            pass
         cols = ", ".join("s." + c for c in ROW_COLUMNS)
         cur = self.conn.execute(
             f"SELECT {cols}, h.seq, h.status, h.previous_status, h.lat, h.lng, h.at"
@@ -172,7 +217,8 @@ class SqliteStore:
             if rows:
                 c.executemany(f"INSERT INTO sessions VALUES ({marks})", rows)
             c.executemany(
-                "INSERT OR REPLACE INTO history VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO journal (tracking_id, seq, status, previous_status, lat, lng, at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [
                     (ch.tracking_id, ch.seq, ch.status.value,
                      ch.previous_status.value if ch.previous_status else None,
@@ -194,8 +240,12 @@ class SqliteStore:
 
     def history(self, tracking_id: str, since_seq: int, limit: int) -> list[dict[str, Any]]:
         cur = self.conn.execute(
-            "SELECT seq, status, previous_status, lat, lng, at FROM history"
-            " WHERE tracking_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+            "SELECT seq, status, previous_status, lat, lng, at FROM ("
+            " SELECT seq, status, previous_status, lat, lng, at FROM history"
+            "  WHERE tracking_id = ?1 AND seq > ?2"
+            " UNION SELECT seq, status, previous_status, lat, lng, at FROM journal"
+            "  WHERE tracking_id = ?1 AND seq > ?2"
+            ") ORDER BY seq LIMIT ?3",
             (tracking_id, since_seq, limit),
         )
         return [
@@ -213,6 +263,7 @@ class SqliteStore:
         try:
             c.executemany("DELETE FROM sessions WHERE tracking_id = ?", params)
             c.executemany("DELETE FROM history WHERE tracking_id = ?", params)
+            c.executemany("DELETE FROM journal WHERE tracking_id = ?", params)
             c.execute("COMMIT")
         except BaseException:
             c.execute("ROLLBACK")

@@ -100,22 +100,41 @@ class Bench:
         out["engine_rss_mb"] = round(rss1 / 1024, 1)
         out["bytes_per_session"] = round((rss1 - rss0) * 1024 / max(1, len(tids)))
 
-        # 2. update throughput: keep `concurrency` updates in flight for `seconds`
+        # 2. update throughput: keep `concurrency` updates in flight for `seconds`; each answer
+        # sends the next update at once (as a steady stream of requests would), so the client
+        # keeps filling the next batch while the shards work on the current one.
         riders = {t: f"RIDER-{i % 5000}" for i, t in enumerate(tids)}
-        done = 0
+        counts = {"done": 0, "failed": 0, "next": 0}
+        running = True
+        drained = asyncio.get_running_loop().create_future()
+        in_flight = 0
+
+        def send() -> None:
+            nonlocal in_flight
+            k = counts["next"]
+            counts["next"] = k + 1
+            t = tids[k % len(tids)]
+            in_flight += 1
+            c.update(t, 5.6 + (k % 100) * 1e-4, -0.18, None, riders[t]).add_done_callback(done)
+
+        def done(f: asyncio.Future[Any]) -> None:
+            nonlocal in_flight
+            in_flight -= 1
+            counts["failed" if f.exception() else "done"] += 1
+            if running:
+                send()
+            elif in_flight == 0 and not drained.done():
+                drained.set_result(None)
+
         t0 = time.perf_counter()
-        end = t0 + a.seconds
-        i = 0
-        while time.perf_counter() < end:
-            batch = [tids[(i + k) % len(tids)] for k in range(a.concurrency)]
-            i += a.concurrency
-            await asyncio.gather(*(
-                c.update(t, 5.6 + (k % 100) * 1e-4, -0.18, None, riders[t])
-                for k, t in enumerate(batch)
-            ))
-            done += len(batch)
+        for _ in range(a.concurrency):
+            send()
+        await asyncio.sleep(a.seconds)
+        running = False
         dt = time.perf_counter() - t0
-        out["updates_per_s"] = round(done / dt)
+        await drained
+        out["updates_per_s"] = round(counts["done"] / dt)
+        out["update_failures"] = counts["failed"]
 
         # 3. event latency at a fixed offered rate: update -> gateway poll receives it
         out.update(await self.latency(c, tids[: a.watched], riders))
