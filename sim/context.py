@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,9 +103,15 @@ class RateLimiter:
     """At most `rate` acquisitions per second, spaced evenly (opening 10,000 sockets at once
     would only measure the listen backlog)."""
 
-    def __init__(self, rate_per_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        rate_per_s: float,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
         self._interval = 1.0 / rate_per_s if rate_per_s > 0 else 0.0
         self._clock = clock
+        self._sleep = sleep
         self._next = 0.0
         self._lock = asyncio.Lock()
 
@@ -117,7 +123,7 @@ class RateLimiter:
             wait = self._next - now
             self._next = max(now, self._next) + self._interval
         if wait > 0:
-            await asyncio.sleep(wait)
+            await self._sleep(wait)
 
 
 @dataclass

@@ -38,6 +38,7 @@ def build_report(
         "updates": {
             "sent": c["updates_sent"],
             "acknowledged": c["updates_acked"],
+            "retried": c["update_retries"],
             "sent_http": c["updates_sent_http"],
             "sent_ws": c["updates_sent_ws"],
             "ack_latency_ms": summary_ms(list(m.ack_s)),
@@ -137,7 +138,7 @@ def render_table(r: dict[str, Any]) -> str:
         ("duration", f"{r['duration_s']} s"),
         ("deliveries", f"{d['started']} started / {d['completed']} completed of {d['planned']}"),
         ("updates", f"{u['sent']} sent ({u['sent_http']} http, {u['sent_ws']} ws) / "
-                    f"{u['acknowledged']} acknowledged"),
+                    f"{u['acknowledged']} acknowledged, {u['retried']} retries"),
         ("invalid transitions", "{sent} sent / {rejected} rejected".format(
             **r["invalid_transitions"])),
         ("messages", f"{msg['expected']} expected / {msg['received']} received / "

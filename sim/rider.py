@@ -218,7 +218,7 @@ async def _send(ctx: Ctx, reporter: Reporter, track: SessionTrack, u: Update, vi
             m.error(f"update_refused_{e.code}", f"{track.tracking_id} seq {want}: {e.detail}")
             return False
         except Uncertain as e:
-            m.error(f"update_uncertain_{e}", track.tracking_id)
+            m.error(f"update_uncertain_{e}", f"{track.tracking_id} seq {want} t={ctx.now():.0f}s")
             current = await _current_view(ctx, track)
             if current is not None and current.get("seq", 0) >= want:
                 view, resynced = current, True  # it was applied; the watchers saw it
