@@ -285,8 +285,14 @@ class Shard:
         return q.base, list(q.events)
 
     def has_events(self, gw: str, ack: int) -> bool:
+        """Whether events after cursor `ack` wait for `gw`."""
         q = self.gateways.get(gw)
         return q is not None and q.base + len(q.events) > ack
+
+    def has_pending(self, gw: str) -> bool:
+        """Whether events wait for `gw` beyond what it last acknowledged."""
+        q = self.gateways.get(gw)
+        return q is not None and bool(q.events)
 
     # -- time ---------------------------------------------------------------------------------
     def sweep(self) -> list[str]:

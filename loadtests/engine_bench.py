@@ -149,6 +149,7 @@ class Bench:
             await c.watch(t, gw)
         sent: dict[tuple[str, int], float] = {}
         received: dict[tuple[str, int], float] = {}
+        acks: list[float] = []
         stop = asyncio.Event()
 
         async def poll(shard: int) -> None:
@@ -171,6 +172,7 @@ class Bench:
             t = tids[k % len(tids)]
             t_send = time.perf_counter()
             v = await c.update(t, 5.6 + (k % 50) * 1e-4, -0.18, None, riders[t])
+            acks.append((time.perf_counter() - t_send) * 1000)
             sent[(t, v["seq"])] = t_send
 
         for k in range(n):
@@ -191,6 +193,8 @@ class Bench:
             "latency_rate_per_s": a.rate,
             "latency_samples": len(ms),
             "latency_updates_sent": len(sent),
+            "ack_latency_p50_ms": round(_percentile(acks, 50), 2),
+            "ack_latency_p99_ms": round(_percentile(acks, 99), 2),
             "event_latency_p50_ms": round(_percentile(ms, 50), 2),
             "event_latency_p99_ms": round(_percentile(ms, 99), 2),
             "event_latency_mean_ms": round(statistics.fmean(ms), 2) if ms else None,
