@@ -103,11 +103,14 @@ class Watcher:
                     if kind == "x":
                         await self.close(EXPIRED, "Tracking session expired")
                         return
-        except (TimeoutError, OSError, RuntimeError) as e:
-            log.info("closing watcher of %s: %s", self.tracking_id, type(e).__name__)
-            await self.close(TOO_SLOW, "watcher too slow")
         except asyncio.CancelledError:
             pass
+        except TimeoutError:
+            log.info("closing watcher of %s: send timed out", self.tracking_id)
+            await self.close(TOO_SLOW, "watcher too slow")
+        except Exception as e:  # the peer went away mid-send (WebSocketDisconnect, OSError)
+            log.debug("watcher of %s gone: %s", self.tracking_id, type(e).__name__)
+            self.closed = True
 
     async def close(self, code: int, reason: str) -> None:
         if self.closed:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import time
 import uuid
@@ -137,11 +138,26 @@ class TextFormatter(logging.Formatter):
         return base
 
 
+_TOKEN_IN_URL = re.compile(r"(token=)[^&\s\"']+")
+
+
+class RedactTokens(logging.Filter):
+    """uvicorn logs each WebSocket connect with its URL, `?token=...` included: redact it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if "token=" in text:
+            record.msg = _TOKEN_IN_URL.sub(r"\1[redacted]", text)
+            record.args = None
+        return True
+
+
 def configure_logging(level: str, fmt: str) -> None:
     """Root logging for the service: `fmt` is 'json', 'text' or 'auto' (text on a terminal)."""
     if fmt == "auto":
         fmt = "text" if sys.stderr.isatty() else "json"
     handler = logging.StreamHandler()
+    handler.addFilter(RedactTokens())
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
