@@ -154,11 +154,12 @@ class EngineClient:
         return self._send(self.shard_for(tracking_id), ("get", tracking_id), decode=True)
 
     async def rider_session(self, rider_id: str) -> dict[str, Any]:
-        views = [orjson.loads(v) for v in await self._all(("rider", rider_id)) if v is not None]
-        if not views:
+        found = [v for v in await self._all(("rider", rider_id)) if v is not None]
+        if not found:
             raise NotFound(f"Rider {rider_id} has no live tracking session")
-        # Ties (sessions started in one batch) break by id, so the answer is stable.
-        best: dict[str, Any] = max(views, key=lambda v: (v["started_at"], v["tracking_id"]))
+        # Newest by precise start time; ties (one batch) break by id, so the answer is stable.
+        _, _, view = max(found, key=lambda f: (f[0], f[1]))
+        best: dict[str, Any] = orjson.loads(view)
         return best
 
     async def history(self, tracking_id: str, since_seq: int, limit: int) -> list[dict[str, Any]]:

@@ -220,7 +220,9 @@ class Shard:
         s.ensure_live(now, self.lt)
         return s
 
-    def _rider(self, rider_id: str, now: float) -> bytes | None:
+    def _rider(self, rider_id: str, now: float) -> tuple[float, str, bytes] | None:
+        """(start time, id, view) of the rider's newest live session here: the view's
+        `started_at` is whole seconds, too coarse to compare sessions across shards."""
         best: Session | None = None
         for tid in self.by_rider.get(rider_id, ()):
             s = self.sessions.get(tid)
@@ -228,7 +230,9 @@ class Shard:
                 best is None or (s.started_at, s.tracking_id) > (best.started_at, best.tracking_id)
             ):
                 best = s
-        return orjson.dumps(best.view()) if best is not None else None
+        if best is None:
+            return None
+        return (best.started_at, best.tracking_id, orjson.dumps(best.view()))
 
     # -- reads --------------------------------------------------------------------------------
     def stats(self, now: float) -> dict[str, Any]:
