@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import httpx
@@ -76,6 +77,22 @@ def close_to(rgb: tuple[int, int, int] | None, want: tuple[int, int, int]) -> bo
 
 
 def test_ops_map_asks_for_a_superadmin_token_and_shows_a_new_delivery(
+    server_factory: Callable[..., AbstractContextManager[ServerProcess]],
+    open_page: Callable[..., Page],
+    screenshots: Path,
+) -> None:
+    # A server of its own: the shared one holds other tests' deliveries, some at the ends of
+    # the earth (coordinate edge cases), and fitting those shrank Accra to a few pixels where
+    # other dots covered this one.
+    with server_factory() as server:
+        rider = Rider(server)
+        try:
+            _ops_map_flow(server, rider, open_page, screenshots)
+        finally:
+            rider.close()
+
+
+def _ops_map_flow(
     server: ServerProcess, rider: Rider, open_page: Callable[..., Page], screenshots: Path
 ) -> None:
     page = open_page(f"{server.base_url}/ops", DESKTOP)
