@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -199,11 +198,3 @@ def kill_namespace(namespace: str, shards: int) -> None:
     ray_runtime.kill_shards(Settings(ray_namespace=namespace, shards=shards))
 
 
-async def until(predicate: Callable[[], bool], seconds: float) -> bool:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout(seconds)
-    while not predicate():
-        if loop.time() > deadline:
-            return False
-        await asyncio.sleep(0.05)
-    return True

@@ -12,9 +12,9 @@ import pytest
 
 from api.launcher import ServerProcess
 from sim.stubs import IntegrationStubs
-from tests.e2e.durability import RiderStream, until, verify_durable
+from tests.e2e.durability import RiderStream, verify_durable
 from tests.outbox_contract import delivered_keys
-from tests.support import timeout
+from tests.support import timeout, until
 
 ServerFactory = Callable[..., AbstractContextManager[ServerProcess]]
 

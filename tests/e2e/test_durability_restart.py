@@ -23,8 +23,8 @@ import pytest
 
 from api.launcher import ServerProcess
 from sim.stubs import IntegrationStubs
-from tests.e2e.durability import RiderStream, kill_namespace, until, verify_durable
-from tests.support import timeout
+from tests.e2e.durability import RiderStream, kill_namespace, verify_durable
+from tests.support import timeout, until
 
 SHARDS = 2
 

@@ -22,8 +22,8 @@ from engine import ray_runtime
 from engine.routing import shard_of
 from engine.settings import Settings
 from sim.stubs import IntegrationStubs
-from tests.e2e.durability import RiderStream, until, verify_durable
-from tests.support import timeout
+from tests.e2e.durability import RiderStream, verify_durable
+from tests.support import timeout, until
 
 ServerFactory = Callable[..., AbstractContextManager[ServerProcess]]
 SHARDS = 2

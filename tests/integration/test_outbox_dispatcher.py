@@ -34,6 +34,7 @@ from tests.outbox_contract import (
     owed_for_walk,
 )
 from tests.support import timeout
+from tests.support import until as _until
 
 SECRET = "outbox-test-secret-" + "x" * 24
 SHARDS = 2
@@ -94,14 +95,6 @@ def _make_sessions(
     return sessions, owed
 
 
-async def _until(predicate: Callable[[], bool], seconds: float) -> bool:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout(seconds)
-    while not predicate():
-        if loop.time() > deadline:
-            return False
-        await asyncio.sleep(0.05)
-    return True
 
 
 async def _drained(d: Dispatcher, seconds: float = 10) -> dict[str, int]:
