@@ -14,6 +14,7 @@ down (listener closed, connections refused) for S seconds.
 
 from __future__ import annotations
 
+import errno
 import json
 import threading
 import time
@@ -97,6 +98,7 @@ class StubService:
     ) -> None:
         self.name = name
         self.host = host
+        self._auto_port = not port
         self.port = port or free_port(host)
         self._clock = clock
         self._lock = threading.Lock()
@@ -155,7 +157,16 @@ class StubService:
 
     def start(self) -> StubService:
         self._stopped = False
-        self._open_listener()
+        for attempt in range(3):
+            try:
+                self._open_listener()
+                break
+            except OSError as e:
+                # The free port picked at construction can be taken by another process
+                # before we bind it; pick again (only when no port was asked for).
+                if e.errno != errno.EADDRINUSE or not self._auto_port or attempt == 2:
+                    raise
+                self.port = free_port(self.host)
         return self
 
     def stop(self) -> None:
