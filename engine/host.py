@@ -15,13 +15,18 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+import orjson
+
 from engine.shard import Command, Event, Result, Shard
 
 log = logging.getLogger(__name__)
-# Journal rows moved into the indexed history per step, and how often: up to ~10,000 rows/s
-# per shard, in pauses of about 20 ms (measured ~8 us per row moved).
-COMPACT_ROWS = 2_500
-COMPACT_INTERVAL_S = 0.25
+# A checkpoint of every session's state is written this often when anything changed, or sooner
+# once this many changes were journaled since the last one: a restart replays at most about
+# that many journal rows (~1 s per 500,000 rows).
+CHECKPOINT_INTERVAL_S = 30.0
+CHECKPOINT_ROWS = 200_000
+# Sessions encoded per step of a checkpoint (~1 ms each); the shard serves calls in between.
+CHECKPOINT_SLICE = 2_000
 
 
 class ShardHost:
@@ -35,14 +40,14 @@ class ShardHost:
         # Long-polls waiting for events, by gateway.
         self._waiters: dict[str, asyncio.Future[None]] = {}
         self._sweeper: asyncio.Task[None] | None = None
-        self._compactor: asyncio.Task[None] | None = None
+        self._checkpointer: asyncio.Task[None] | None = None
 
     def _ensure_sweeper(self) -> None:
         loop = asyncio.get_running_loop()
         if self._sweeper is None or self._sweeper.done():
             self._sweeper = loop.create_task(self._sweep_forever())
-        if self._compactor is None or self._compactor.done():
-            self._compactor = loop.create_task(self._compact_forever())
+        if self._checkpointer is None or self._checkpointer.done():
+            self._checkpointer = loop.create_task(self._checkpoint_forever())
 
     async def _sweep_forever(self) -> None:
         while True:
@@ -53,15 +58,44 @@ class ShardHost:
             except Exception:
                 log.exception("sweep failed")
 
-    async def _compact_forever(self) -> None:
-        # Small steps often: each pauses this shard for about COMPACT_ROWS x 8 us.
+    async def _checkpoint_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        done_high, done_at = self.shard.journal_high(), loop.time()
         while True:
+            await asyncio.sleep(1.0)
+            high = self.shard.journal_high()
+            if high == done_high or (
+                high - done_high < CHECKPOINT_ROWS
+                and loop.time() - done_at < CHECKPOINT_INTERVAL_S
+            ):
+                continue
             try:
-                moved = self.shard.store.compact(COMPACT_ROWS)
+                await self.checkpoint()
             except Exception:
-                log.exception("journal compaction failed")
-                moved = 0
-            await asyncio.sleep(0 if moved >= COMPACT_ROWS else COMPACT_INTERVAL_S)
+                log.exception("checkpoint failed; the journal still has everything")
+            done_high, done_at = high, loop.time()
+
+    async def checkpoint(self) -> bool:
+        """Write every session's state to the store's checkpoint; False if the shard reloaded.
+
+        The state is read in slices between batches, so it is fuzzy: each session is recorded
+        as of some point after `upto`, and recovery replays only journal rows newer than what
+        the checkpoint holds for their session.
+        """
+        shard = self.shard
+        generation = shard.generation
+        upto = shard.journal_high()
+        sessions = list(shard.sessions.values())
+        chunks = []
+        for i in range(0, len(sessions), CHECKPOINT_SLICE):
+            if shard.generation != generation:
+                return False  # reloaded after a failed commit: these objects may be ahead
+            chunks.append(orjson.dumps(shard.checkpoint_rows(sessions[i : i + CHECKPOINT_SLICE])))
+            await asyncio.sleep(0)
+        if shard.generation != generation:
+            return False
+        await asyncio.to_thread(shard.store.write_checkpoint, upto, len(sessions), chunks)
+        return True
 
     def _wake(self) -> None:
         # Only gateways that now have events: a woken poll is a Ray reply and a new request,
@@ -108,9 +142,13 @@ class ShardHost:
             if not fut.done():
                 fut.set_result(None)
         self._waiters.clear()
-        for task in (self._sweeper, self._compactor):
+        for task in (self._sweeper, self._checkpointer):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        try:
+            await self.checkpoint()  # the next start then replays nothing
+        except Exception:
+            log.exception("checkpoint at close failed; the journal still has everything")
         self.shard.store.close()

@@ -51,6 +51,7 @@ class Session:
         "dropoff_lat",
         "dropoff_lng",
         "eta",
+        "head",
         "lat",
         "lng",
         "loc_ts",
@@ -89,6 +90,9 @@ class Session:
         self.delivered_at: float | None = None
         self.eta: int | None = None
         self.seq = 1
+        # The journal id of the last change (the start of the walk back through its history);
+        # set by the shard that journals it.
+        self.head = 0
 
     def first_change(self) -> Change:
         return Change(self.tracking_id, 1, Status.ASSIGNED, None, None, None, self.started_at)

@@ -24,7 +24,7 @@ from engine.routing import new_tracking_id
 from engine.session import Change, Lifetimes, Session
 from engine.stats import session_stats
 from engine.status import Status, parse_status
-from engine.store import NullStore, Store
+from engine.store import CheckpointRow, Entry, NullStore, Store
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,9 @@ LOCATION_UPDATE = b'{"type":"location_update","data":%b}'
 EXPIRED_MESSAGE = orjson.dumps({"type": "error", "message": "Tracking session expired"})
 GATEWAY_IDLE_S = 120.0
 GATEWAY_QUEUE_MAX = 200_000
+# Sessions purged per sweep: each walks its history chain in the store, so a wave of expiries is
+# spread over several sweeps instead of pausing the shard.
+PURGE_PER_SWEEP = 500
 
 
 @dataclass
@@ -58,7 +61,7 @@ class _Batch:
     """What one batch accepted: journaled together, then published."""
 
     created: list[Session] = field(default_factory=list)
-    changes: list[Change] = field(default_factory=list)
+    changes: list[Entry] = field(default_factory=list)
     outbox: list[OutboxItem] = field(default_factory=list)
     events: list[tuple[str, str, int, bytes]] = field(default_factory=list)
 
@@ -94,10 +97,13 @@ class Shard:
         self.gateways: dict[str, GatewayQueue] = {}
         self._timers: list[tuple[float, str, str]] = []  # (when, "x"|"p", tracking_id)
         self._expired: set[str] = set()
+        self._next_id = 1  # the next journal id
+        self.generation = 0  # grows with each (re)load from the store
         self._load()
 
     # -- loading ------------------------------------------------------------------------------
     def _load(self) -> None:
+        self.generation += 1
         self.sessions.clear()
         self.by_order.clear()
         self.by_rider.clear()
@@ -105,6 +111,7 @@ class Shard:
         # `_expired` survives a reload: watchers were told already and must not be told twice.
         for s in sorted(self.store.load_sessions(self.lt), key=lambda s: s.started_at):
             self._index(s)
+        self._next_id = self.store.journal_high() + 1
 
     def _index(self, s: Session) -> None:
         self.sessions[s.tracking_id] = s
@@ -147,7 +154,7 @@ class Shard:
             s = self._live(tid, now)
             s.authorize_update(rider)
             ch = s.apply_update(lat, lng, parse_status(status), now, self.lt)
-            batch.changes.append(ch)
+            self._journal(s, ch, batch)
             view = s.view()
             encoded = orjson.dumps(view)
             if tid in self.watchers:
@@ -184,10 +191,17 @@ class Shard:
             return self.snapshot(now, cmd[1])
         if op == "history":
             _, tid, since, limit = cmd
-            if tid not in self.sessions:
+            found = self.sessions.get(tid)
+            if found is None:
                 raise NotFound("Tracking session not found")
-            return self.store.history(tid, since, limit)
+            return self.store.history(found.head, since, limit)
         raise TrackingError(f"unknown command {op!r}")
+
+    def _journal(self, s: Session, ch: Change, batch: _Batch) -> None:
+        jid = self._next_id
+        self._next_id = jid + 1
+        batch.changes.append((jid, s.head, ch))
+        s.head = jid
 
     def _owed(self, s: Session, ch: Change) -> list[OutboxItem]:
         return owed_calls(s, ch, self.cfg.order_service, self.cfg.notification_service)
@@ -209,7 +223,7 @@ class Shard:
         self._index(s)
         batch.created.append(s)
         ch = s.first_change()
-        batch.changes.append(ch)
+        self._journal(s, ch, batch)
         batch.outbox.extend(self._owed(s, ch))
         return orjson.dumps(s.view())
 
@@ -298,14 +312,26 @@ class Shard:
         q = self.gateways.get(gw)
         return q is not None and bool(q.events)
 
+    def checkpoint_rows(self, sessions: Sequence[Session]) -> list[CheckpointRow]:
+        """The state of `sessions` for a checkpoint (see `engine.store`)."""
+        return [
+            (s.tracking_id, s.seq, s.status.value, s.lat, s.lng, s.updated_at, s.head)
+            for s in sessions
+        ]
+
+    def journal_high(self) -> int:
+        """The journal id of the last change accepted."""
+        return self._next_id - 1
+
     # -- time ---------------------------------------------------------------------------------
     def sweep(self) -> list[str]:
         """Expire and purge what is due; drop gateways that stopped polling. Returns expired ids."""
         now = self.clock()
         expired: list[str] = []
-        purge: list[str] = []
+        purge: list[tuple[str, int]] = []
+        later: list[tuple[float, str, str]] = []
         while self._timers and self._timers[0][0] <= now:
-            _, kind, tid = heapq.heappop(self._timers)
+            when, kind, tid = heapq.heappop(self._timers)
             s = self.sessions.get(tid)
             if s is None:
                 continue
@@ -317,9 +343,13 @@ class Shard:
                 self._publish(tid, "x", s.seq, EXPIRED_MESSAGE, now)
                 heapq.heappush(self._timers, (s.expires_at(self.lt) + self.lt.purge_after_s,
                                               "p", tid))
+            elif len(purge) >= PURGE_PER_SWEEP:
+                later.append((when, kind, tid))
             elif s.is_purgeable(now, self.lt):
-                purge.append(tid)
-        for tid in purge:
+                purge.append((tid, s.head))
+        for item in later:
+            heapq.heappush(self._timers, item)
+        for tid, _ in purge:
             self._drop(tid)
         if purge:
             try:

@@ -6,6 +6,7 @@ behaviour (reload, history, a failing commit) runs over SqliteStore.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -14,12 +15,15 @@ from typing import Any
 import orjson
 import pytest
 
+from engine import host as host_module
+from engine import shard as shard_module
 from engine.clock import ManualClock
+from engine.host import ShardHost
 from engine.integrations import OutboxItem
 from engine.routing import shard_of
-from engine.session import Change, Lifetimes, Session
+from engine.session import Lifetimes, Session
 from engine.shard import GATEWAY_IDLE_S, Command, Result, Shard, ShardConfig
-from engine.store import NullStore, SqliteStore, Store
+from engine.store import Entry, NullStore, SqliteStore, Store
 
 LT = Lifetimes(session_ttl_s=1000.0, delivered_ttl_s=100.0, purge_after_s=50.0, speed_kmh=30.0)
 N_SHARDS, INDEX = 4, 2
@@ -33,11 +37,11 @@ class BrokenDiskStore(SqliteStore):
     broken = False
 
     def commit(
-        self, created: Iterable[Session], changes: Sequence[Change], outbox: Sequence[OutboxItem]
+        self, created: Iterable[Session], entries: Sequence[Entry], outbox: Sequence[OutboxItem]
     ) -> None:
         if self.broken:
             raise sqlite3.OperationalError("database or disk is full")
-        super().commit(created, changes, outbox)
+        super().commit(created, entries, outbox)
 
 
 def decode(value: Any) -> Any:
@@ -500,6 +504,66 @@ def test_purged_sessions_stay_purged_after_a_reload(hs: Harness) -> None:
     hs.shard = hs.fresh()
     assert err(hs.get(gone))[0] == "not_found"
     assert ok(hs.get(kept))["tracking_id"] == kept
+
+
+def test_history_and_restarts_from_a_checkpoint(hs: Harness) -> None:
+    tids = [hs.start(f"ORD-{i}") for i in range(5)]
+    for k in range(3):
+        for tid in tids:
+            hs.clock.advance(1)
+            ok(hs.update(tid, 5.6 + k / 100, -0.19))
+    host = ShardHost(hs.shard, sweep_interval_s=60)
+    assert asyncio.run(host.checkpoint())
+    ok(hs.update(tids[0], 5.7, -0.19, "PICKED_UP"))  # after the checkpoint
+    views = {t: ok(hs.get(t)) for t in tids}
+    history = {t: ok(hs.one(("history", t, 0, 100))) for t in tids}
+    hs.shard.store.close()
+    hs.shard = hs.fresh()
+    assert {t: ok(hs.get(t)) for t in tids} == views
+    assert {t: ok(hs.one(("history", t, 0, 100))) for t in tids} == history
+    # New changes extend each session's chain, wherever its last one was read from.
+    ok(hs.update(tids[1], 5.8, -0.19))
+    assert [i["seq"] for i in ok(hs.one(("history", tids[1], 0, 100)))] == [1, 2, 3, 4, 5]
+    assert [i["seq"] for i in ok(hs.one(("history", tids[0], 3, 100)))] == [4, 5]
+
+
+def test_a_checkpoint_gives_up_when_the_shard_reloads_under_it(
+    hs: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(host_module, "CHECKPOINT_SLICE", 1)
+    tids = [hs.start(f"ORD-{i}") for i in range(3)]
+    host = ShardHost(hs.shard, sweep_interval_s=60)
+    store = hs.shard.store
+    assert isinstance(store, BrokenDiskStore)
+
+    async def run() -> bool:
+        task = asyncio.create_task(host.checkpoint())
+        await asyncio.sleep(0)  # the checkpoint has read its first slice
+        store.broken = True  # this batch fails: the shard reloads from the journal
+        assert unavailable(hs.update(tids[2], 5.9, -0.19))
+        store.broken = False
+        return await task
+
+    assert asyncio.run(run()) is False
+    assert not store.checkpoint.exists()
+
+
+def test_purging_is_spread_over_sweeps(hs: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shard_module, "PURGE_PER_SWEEP", 2)
+    tids = [hs.start(f"ORD-{i}") for i in range(5)]
+    for tid in tids:
+        ok(hs.update(tid, 5.61, -0.19))
+    hs.clock.advance(LT.session_ttl_s + LT.purge_after_s + 1)
+    assert sorted(hs.shard.sweep()) == sorted(tids)  # all expire at once
+    left = [len(hs.shard.sessions)]  # and two of them are purged by the same sweep
+    for _ in range(2):
+        hs.shard.sweep()
+        left.append(len(hs.shard.sessions))
+    assert left == [3, 1, 0]
+    assert hs.shard.store.history(1, 0, 10) == []
+    hs.shard.store.close()
+    hs.shard = hs.fresh()
+    assert hs.shard.sessions == {}
 
 
 def test_history_comes_from_the_store(hs: Harness) -> None:

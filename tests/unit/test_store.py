@@ -1,7 +1,8 @@
-"""The embedded store: journal, history and outbox in one SQLite file per shard (in tmp_path)."""
+"""The embedded store: journal (which is also the history), checkpoint and outbox, per shard."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,11 +16,13 @@ from engine.session import Change, Lifetimes, Session
 from engine.shard import Shard, ShardConfig
 from engine.status import Status
 from engine.store import (
+    Entry,
     NullStore,
     OutboxStore,
     SqliteStore,
     StoreError,
     check_data_dir,
+    checkpoint_path,
     connect,
     shard_db_path,
 )
@@ -49,6 +52,29 @@ def item(tid: str, n: int, at: float = T0) -> OutboxItem:
     return OutboxItem(tid, NOTIFICATION, "/notifications", b'{"n": %d}' % n, f"{tid}:{n}", at)
 
 
+class Ids:
+    """Journal ids and chain links, assigned as a shard assigns them."""
+
+    def __init__(self, start: int = 1) -> None:
+        self.next = start
+
+    def __call__(self, pairs: list[tuple[Session, Change]]) -> list[Entry]:
+        out: list[Entry] = []
+        for s, ch in pairs:
+            out.append((self.next, s.head, ch))
+            s.head = self.next
+            self.next += 1
+        return out
+
+
+def of(s: Session, changes: list[Change]) -> list[tuple[Session, Change]]:
+    return [(s, ch) for ch in changes]
+
+
+def starts(*sessions: Session) -> list[tuple[Session, Change]]:
+    return [(s, s.first_change()) for s in sessions]
+
+
 def walk(s: Session, statuses: list[Status | None]) -> list[Change]:
     changes = [s.first_change()]
     for i, status in enumerate(statuses):
@@ -64,40 +90,114 @@ def test_file_per_shard_naming(tmp_path: Path) -> None:
 def test_null_store_keeps_nothing() -> None:
     s = NullStore()
     one = session("TRK-1")
-    s.commit([one], [one.first_change()], [item("TRK-1", 1)])
+    s.commit([one], Ids()(starts(one)), [item("TRK-1", 1)])
     assert s.load_sessions(LT) == []
-    assert s.history("TRK-1", 0, 10) == []
-    s.purge(["TRK-1"])
+    assert s.journal_high() == 0
+    assert s.history(1, 0, 10) == []
+    s.purge([("TRK-1", 1)])
+    s.write_checkpoint(1, 0, [])
     s.close()
 
 
-def test_commit_then_load_restores_each_session(db: Path, store: SqliteStore) -> None:
+def three_sessions(store: SqliteStore, ids: Ids) -> tuple[Session, Session, Session]:
     a, b, c = session("TRK-a", "ORD-a"), session("TRK-b", "ORD-b"), session("TRK-c", "ORD-c")
-    store.commit([a, b, c], [a.first_change(), b.first_change(), c.first_change()], [])
-    store.commit([], walk(a, [None, Status.PICKED_UP])[1:], [])
-    store.commit([], walk(b, [Status.PICKED_UP, Status.IN_TRANSIT, Status.DELIVERED])[1:], [])
-    expected = {s.tracking_id: s.view() for s in (a, b, c)}
-    assert {s.tracking_id: s.view() for s in store.load_sessions(LT)} == expected
-    store.close()
+    store.commit([a, b, c], ids(starts(a, b, c)), [])
+    store.commit([], ids(of(a, walk(a, [None, Status.PICKED_UP])[1:])), [])
+    store.commit([], ids(of(b, walk(b, [Status.PICKED_UP, Status.IN_TRANSIT,
+                                        Status.DELIVERED])[1:])), [])  # fmt: skip
+    return a, b, c
+
+
+def restored(db: Path) -> dict[str, Session]:
     reopened = SqliteStore(db)
     try:
-        loaded = {s.tracking_id: s for s in reopened.load_sessions(LT)}
-        assert {t: s.view() for t, s in loaded.items()} == expected
-        assert loaded["TRK-b"].delivered_at == b.delivered_at
-        assert loaded["TRK-a"].phone == "+233 20 555 0101"
+        return {s.tracking_id: s for s in reopened.load_sessions(LT)}
     finally:
         reopened.close()
+
+
+def test_commit_then_load_restores_each_session(db: Path, store: SqliteStore) -> None:
+    ids = Ids()
+    a, b, c = three_sessions(store, ids)
+    expected = {s.tracking_id: s.view() for s in (a, b, c)}
+    assert {s.tracking_id: s.view() for s in store.load_sessions(LT)} == expected
+    assert store.journal_high() == ids.next - 1 == 8
+    store.close()
+    loaded = restored(db)
+    assert {t: s.view() for t, s in loaded.items()} == expected
+    assert {t: s.head for t, s in loaded.items()} == {"TRK-a": 5, "TRK-b": 8, "TRK-c": 3}
+    assert loaded["TRK-b"].delivered_at == b.delivered_at
+    assert loaded["TRK-a"].phone == "+233 20 555 0101"
+
+
+def checkpoint(store: SqliteStore, upto: int, *sessions: Session) -> None:
+    rows = [(s.tracking_id, s.seq, s.status.value, s.lat, s.lng, s.updated_at, s.head)
+            for s in sessions]  # fmt: skip
+    store.write_checkpoint(upto, len(rows), [orjson.dumps(rows[:1]), orjson.dumps(rows[1:])])
+
+
+def test_load_from_a_checkpoint_and_the_journal_after_it(db: Path, store: SqliteStore) -> None:
+    ids = Ids()
+    a, b, c = three_sessions(store, ids)
+    checkpoint(store, ids.next - 1, a, b, c)
+    # Changes after the checkpoint, one of them to a session that did not exist at it.
+    d = session("TRK-d", "ORD-d")
+    store.commit([d], ids(starts(d)), [])
+    store.commit([], ids(of(a, walk(a, [Status.IN_TRANSIT])[1:])), [])
+    store.close()
+    loaded = restored(db)
+    assert {t: s.view() for t, s in loaded.items()} == {s.tracking_id: s.view()
+                                                         for s in (a, b, c, d)}  # fmt: skip
+    assert loaded["TRK-a"].head == a.head == ids.next - 1
+    # The journal alone gives the same answer: the checkpoint only saves replaying it.
+    checkpoint_path(db).unlink()
+    assert {t: s.view() for t, s in restored(db).items()} == {
+        t: s.view() for t, s in loaded.items()
+    }
+
+
+def test_a_fuzzy_checkpoint_replays_only_what_is_newer(db: Path, store: SqliteStore) -> None:
+    # A checkpoint reads sessions after `upto`, so it may hold states newer than `upto`.
+    ids = Ids()
+    a, b, c = three_sessions(store, ids)
+    upto = 4  # a's second change; a and b have later ones, already in the checkpoint
+    checkpoint(store, upto, a, b, c)
+    store.close()
+    assert {t: s.view() for t, s in restored(db).items()} == {
+        s.tracking_id: s.view() for s in (a, b, c)
+    }
+
+
+def test_an_unusable_checkpoint_is_ignored(db: Path, store: SqliteStore) -> None:
+    ids = Ids()
+    a, b, c = three_sessions(store, ids)
+    expected = {s.tracking_id: s.view() for s in (a, b, c)}
+    stale = session("TRK-a", "ORD-a")  # a state the journal has long passed
+    stale.head = 1
+    bad_checkpoints = [
+        lambda: checkpoint(store, ids.next + 100, stale),  # ahead of the journal
+        lambda: checkpoint_path(db).write_bytes(b'{"format": 1, "store_id": "other", "upto": 1,'
+                                                b' "count": 1}\n[]\n'),
+        lambda: checkpoint_path(db).write_bytes(b"not json at all"),
+        lambda: checkpoint_path(db).write_bytes(
+            checkpoint_path(db).read_bytes().rsplit(b"\n", 2)[0]),  # truncated
+        lambda: checkpoint(store, ids.next - 1, a),  # misses sessions: replay it all
+    ]
+    for write_bad in bad_checkpoints:
+        checkpoint(store, ids.next - 1, a, b, c)
+        write_bad()
+        assert {t: s.view() for t, s in restored(db).items()} == expected
 
 
 def test_a_commit_is_all_or_nothing(store: SqliteStore) -> None:
     good = session("TRK-good")
     bad = Change("TRK-good", 2, "NOT-A-STATUS", None, 1.0, 1.0, T0)  # type: ignore[arg-type]
     with pytest.raises(AttributeError):
-        store.commit([good], [good.first_change(), bad], [item("TRK-good", 1)])
+        store.commit([good], [(1, 0, good.first_change()), (2, 1, bad)], [item("TRK-good", 1)])
     assert store.load_sessions(LT) == []
-    assert store.history("TRK-good", 0, 10) == []
+    assert store.history(1, 0, 10) == []
     # No transaction was left open: the store still works.
-    store.commit([good], [good.first_change()], [])
+    store.commit([good], [(1, 0, good.first_change())], [])
     assert [s.tracking_id for s in store.load_sessions(LT)] == ["TRK-good"]
 
 
@@ -107,34 +207,107 @@ def test_empty_commit_is_a_no_op(store: SqliteStore) -> None:
 
 
 def test_history_in_seq_order_with_cursor_and_limit(store: SqliteStore) -> None:
+    ids = Ids()
     s = session("TRK-h")
-    changes = walk(s, [None, Status.PICKED_UP, None, Status.IN_TRANSIT])
-    store.commit([s], changes, [])
     other = session("TRK-o", "ORD-o")
-    store.commit([other], [other.first_change()], [])
-    full = store.history("TRK-h", 0, 100)
+    changes = walk(s, [None, Status.PICKED_UP, None, Status.IN_TRANSIT])
+    # Interleaved with another session's changes, as a shard's batches are.
+    store.commit([s, other], ids([(s, changes[0]), (other, other.first_change())]), [])
+    store.commit([], ids(of(s, changes[1:3])), [])
+    store.commit([], ids([(other, other.apply_update(5.6, -0.18, None, T0 + 5, LT))]), [])
+    store.commit([], ids(of(s, changes[3:])), [])
+    h = s.head
+    full = store.history(h, 0, 100)
     assert full == [c.history_item() for c in changes]
     assert [h["seq"] for h in full] == [1, 2, 3, 4, 5]
     assert full[2] == {"seq": 3, "status": "PICKED_UP", "previous_status": "ASSIGNED",
                        "lat": 5.62, "lng": -0.19, "at": int(T0 + 20)}  # fmt: skip
-    assert [h["seq"] for h in store.history("TRK-h", 3, 100)] == [4, 5]
-    assert [h["seq"] for h in store.history("TRK-h", 0, 2)] == [1, 2]
-    assert store.history("TRK-nope", 0, 100) == []
+    assert [x["seq"] for x in store.history(h, 3, 100)] == [4, 5]
+    assert [x["seq"] for x in store.history(h, 0, 2)] == [1, 2]
+    assert [x["seq"] for x in store.history(h, 2, 2)] == [3, 4]
+    assert store.history(h, 5, 100) == []
+    assert [x["seq"] for x in store.history(other.head, 0, 100)] == [1, 2]
+    assert store.history(0, 0, 100) == []
+
+
+def test_a_long_history_pages_in_order(store: SqliteStore) -> None:
+    ids = Ids()
+    s = session("TRK-long")
+    store.commit([s], ids(starts(s)), [])
+    for _ in range(10):
+        store.commit([], ids(of(s, walk(s, [None] * 200)[1:])), [])
+    seqs: list[int] = []
+    while page := store.history(s.head, seqs[-1] if seqs else 0, 150):
+        seqs.extend(x["seq"] for x in page)
+    assert seqs == list(range(1, 2002))
 
 
 def test_purge_forgets_sessions_but_never_owed_calls(db: Path, store: SqliteStore) -> None:
+    ids = Ids()
     a, b = session("TRK-a", "ORD-a"), session("TRK-b", "ORD-b")
-    store.commit([a, b], [a.first_change(), b.first_change()], [item("TRK-a", 1)])
-    store.purge(["TRK-a"])
+    store.commit([a, b], ids(starts(a, b)), [item("TRK-a", 1)])
+    store.commit([], ids(of(a, walk(a, [None, None])[1:])), [])
+    store.commit([], ids(of(b, walk(b, [None])[1:])), [])
+    store.purge([("TRK-a", a.head)])
     store.purge([])
     assert [s.tracking_id for s in store.load_sessions(LT)] == ["TRK-b"]
-    assert store.history("TRK-a", 0, 10) == []
-    assert len(store.history("TRK-b", 0, 10)) == 1
+    assert store.history(a.head, 0, 10) == []
+    assert len(store.history(b.head, 0, 10)) == 2
+    left = store.conn.execute("SELECT tracking_id, COUNT(*) FROM journal GROUP BY 1").fetchall()
+    assert left == [("TRK-b", 2)]
     outbox = OutboxStore(db)
     try:
         assert [r.tracking_id for r in outbox.due_heads(T0)] == ["TRK-a"]
     finally:
         outbox.close()
+
+
+V2_SCHEMA = """
+CREATE TABLE sessions (tracking_id TEXT PRIMARY KEY, order_id, rider_id, phone, dropoff_lat,
+    dropoff_lng, started_at) WITHOUT ROWID;
+CREATE TABLE history (tracking_id TEXT NOT NULL, seq INTEGER NOT NULL, status TEXT NOT NULL,
+    previous_status TEXT, lat REAL, lng REAL, at REAL NOT NULL, PRIMARY KEY (tracking_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE journal (id INTEGER PRIMARY KEY, tracking_id TEXT NOT NULL, seq INTEGER NOT NULL,
+    status TEXT NOT NULL, previous_status TEXT, lat REAL, lng REAL, at REAL NOT NULL);
+PRAGMA user_version = 2;
+"""
+
+
+def test_a_version_2_file_is_migrated(db: Path) -> None:
+    """Version 2 kept history in its own table, partly still in the journal."""
+    a, b = session("TRK-a", "ORD-a"), session("TRK-b", "ORD-b")
+    ca = walk(a, [None, Status.PICKED_UP, None])
+    cb = walk(b, [Status.PICKED_UP])
+    row = lambda c: (c.tracking_id, c.seq, c.status.value,  # noqa: E731
+                     c.previous_status.value if c.previous_status else None, c.lat, c.lng, c.at)
+    conn = sqlite3.connect(db)
+    conn.executescript(V2_SCHEMA)
+    conn.executemany("INSERT INTO sessions VALUES (?, ?, ?, ?, ?, ?, ?)",
+                     [a.to_row(), b.to_row()])  # fmt: skip
+    conn.executemany("INSERT INTO history VALUES (?, ?, ?, ?, ?, ?, ?)",
+                     [row(c) for c in ca[:3] + cb[:1]])  # fmt: skip
+    conn.executemany("INSERT INTO journal (tracking_id, seq, status, previous_status, lat, lng,"
+                     " at) VALUES (?, ?, ?, ?, ?, ?, ?)", [row(c) for c in ca[2:] + cb[1:]])
+    conn.commit()
+    conn.close()
+    store = SqliteStore(db)
+    try:
+        loaded = {s.tracking_id: s for s in store.load_sessions(LT)}
+        assert {t: s.view() for t, s in loaded.items()} == {"TRK-a": a.view(), "TRK-b": b.view()}
+        assert store.history(loaded["TRK-a"].head, 0, 100) == [c.history_item() for c in ca]
+        assert store.history(loaded["TRK-b"].head, 0, 100) == [c.history_item() for c in cb]
+        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == 3
+    finally:
+        store.close()
+
+
+def test_a_file_of_an_unknown_version_is_refused(db: Path) -> None:
+    conn = sqlite3.connect(db)
+    conn.executescript(V2_SCHEMA.replace("user_version = 2", "user_version = 9"))
+    conn.close()
+    with pytest.raises(StoreError, match="schema version 9"):
+        SqliteStore(db)
 
 
 # -- the outbox ------------------------------------------------------------------------------
