@@ -1,11 +1,12 @@
 """This process's WebSocket gateway: local sockets, one engine watch per session, fan-out.
 
-Events arrive from each shard over one long-poll channel per shard; each message was encoded
-once by the shard and is decoded once here, then offered to every local socket watching that
-session. Each socket has its own bounded queue and writer task, so a slow socket never delays
-the session or the other watchers. When a queue is full, the oldest *location updates* in it are
-dropped (the client sees the `seq` gap); status changes are never dropped, and a socket whose
-queue is full of them is closed with 1013.
+Events arrive through the engine client's event channel (on the replies of this process's own
+calls, and on one long-poll per shard for the rest); each message was encoded once by the shard
+and is decoded once here, then offered to every local socket watching that session. Each socket
+has its own bounded queue and writer task, so a slow socket never delays the session or the
+other watchers. When a queue is full, the oldest *location updates* in it are dropped (the
+client sees the `seq` gap); status changes are never dropped, and a socket whose queue is full
+of them is closed with 1013.
 """
 
 from __future__ import annotations
@@ -28,9 +29,6 @@ from engine.shard import EXPIRED_MESSAGE, Event
 
 log = logging.getLogger(__name__)
 
-# Idle polls return this often; each carries this process's socket count to the shards, so
-# statistics of connections in every process are at most this stale.
-POLL_TIMEOUT_S = 2.0
 SEND_TIMEOUT_S = 30.0
 TOO_SLOW = 1013
 EXPIRED = 1008
@@ -129,20 +127,22 @@ class Gateway:
         self.queue_max = queue_max
         self.subs: dict[str, set[Watcher]] = {}
         self.extra_connections = 0  # sockets that watch no session (ops feed)
-        self._tasks: list[asyncio.Task[None]] = []
+        self._watchers = 0  # sockets in `subs`, kept as they come and go
+        self._resyncing: dict[int, bool] = {}  # shard -> whether to run again when done
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def connections(self) -> int:
-        return sum(len(s) for s in self.subs.values()) + self.extra_connections
+        return self._watchers + self.extra_connections
 
     def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._poll(i)) for i in range(self.engine.n_shards)]
+        self.engine.open_events(self.id, self)
 
     async def stop(self) -> None:
-        for t in self._tasks:
+        await self.engine.close_events()
+        for t in list(self._tasks):
             t.cancel()
-        for t in self._tasks:
+        for t in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError):
                 await t
         for watchers in list(self.subs.values()):
@@ -153,6 +153,7 @@ class Gateway:
         """Watch a session from a new socket; raises the engine's error when it cannot."""
         w = Watcher(tracking_id, send, close, self.queue_max)
         self.subs.setdefault(tracking_id, set()).add(w)
+        self._watchers += 1
         try:
             view = await self.engine.watch(tracking_id, self.id)
         except BaseException:
@@ -166,40 +167,38 @@ class Gateway:
         if w.task is not None and w.task is not asyncio.current_task():
             w.task.cancel()
         subs = self.subs.get(w.tracking_id)
-        if subs is None:
+        if subs is None or w not in subs:
             return
         subs.discard(w)
+        self._watchers -= 1
         if not subs:
             del self.subs[w.tracking_id]
             with contextlib.suppress(TrackingError):
                 await self.engine.unwatch(w.tracking_id, self.id)
 
-    async def _poll(self, shard: int) -> None:
-        ack = 0
-        epoch: str | None = None
-        while True:
-            try:
-                new_epoch, base, events = await self.engine.poll(
-                    shard, self.id, ack, self.connections, POLL_TIMEOUT_S
-                )
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                log.warning("event channel of shard %d: %s; retrying", shard, e)
-                await asyncio.sleep(0.5)
-                continue
-            if new_epoch != epoch or base > ack:
-                # A restarted shard (or one that dropped our backlog) lost our watches: watch
-                # again and push the current state, so no socket silently misses a change.
-                if epoch is not None:
-                    await self._resync(shard)
-                epoch = new_epoch
-                if base > ack:
-                    ack = base
-            self._fan_out(events)
-            ack = base + len(events)
+    # -- the engine's event channel (engine.client.EventSink) -----------------------------------
+    def resync(self, shard: int) -> None:
+        """A restarted shard (or one that dropped our backlog) lost our watches: watch again and
+        push the current state, so no socket silently misses a change."""
+        if shard in self._resyncing:
+            self._resyncing[shard] = True  # run once more when the current pass ends
+            return
+        self._resyncing[shard] = False
+        task = asyncio.get_running_loop().create_task(self._resync_until_done(shard))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
-    def _fan_out(self, events: list[Event]) -> None:
+    async def _resync_until_done(self, shard: int) -> None:
+        try:
+            while True:
+                await self._resync(shard)
+                if not self._resyncing.get(shard):
+                    return
+                self._resyncing[shard] = False
+        finally:
+            self._resyncing.pop(shard, None)
+
+    def deliver(self, events: list[Event]) -> None:
         sent = 0
         now = time.time()
         for tid, kind, seq, msg, at in events:

@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from engine.shard import Command, Event, Result, Shard
+from engine.shard import Channel, Command, Event, Feed, Result, Shard
 
 log = logging.getLogger(__name__)
 # A checkpoint of every session's state is written this often when anything changed, or sooner
@@ -98,19 +98,27 @@ class ShardHost:
         return True
 
     def _wake(self) -> None:
-        # Only gateways that now have events: a woken poll is a Ray reply and a new request,
-        # and waking every poll on every batch roughly doubled the per-call latency.
-        for gw in [g for g in self._waiters if self.shard.has_pending(g)]:
+        # Only gateways that now have events no reply carried yet: a woken poll is a Ray reply
+        # and a new request, and waking every poll on every batch roughly doubled the latency.
+        for gw in [g for g in self._waiters if self.shard.has_unsent(g)]:
             fut = self._waiters.pop(gw)
             if not fut.done():
                 fut.set_result(None)
 
-    async def call(self, commands: Sequence[Command]) -> list[Result]:
-        """Apply a batch of commands; results in the same order."""
+    async def call(
+        self, commands: Sequence[Command], channel: Channel | None = None
+    ) -> tuple[list[Result], Feed | None]:
+        """Apply a batch of commands (results in the same order); with the caller's gateway
+        channel, the reply also carries that gateway's events (so its poll need not wake)."""
         self._ensure_sweeper()
         results = self.shard.handle(commands)
+        feed: Feed | None = None
+        if channel is not None:
+            gateway, ack, connections = channel
+            base, events = self.shard.take(gateway, ack, connections)
+            feed = (self.epoch, base, events)
         self._wake()
-        return results
+        return results, feed
 
     async def poll(
         self, gateway: str, ack: int, connections: int, timeout_s: float

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from engine.clock import Clock, system_clock
 from engine.host import ShardHost
 from engine.settings import Settings
-from engine.shard import Command, Event, Result, Shard, ShardConfig
+from engine.shard import Channel, Command, Event, Feed, Result, Shard, ShardConfig
 from engine.store import SqliteStore, Store, shard_db_path
 
 
@@ -40,8 +40,10 @@ class LocalTransport:
         self.n_shards = settings.shards
         self.hosts = [make_host(settings, i, clock) for i in range(settings.shards)]
 
-    async def call(self, shard: int, commands: Sequence[Command]) -> list[Result]:
-        return await self.hosts[shard].call(commands)
+    async def call(
+        self, shard: int, commands: Sequence[Command], channel: Channel | None
+    ) -> tuple[list[Result], Feed | None]:
+        return await self.hosts[shard].call(commands, channel)
 
     async def poll(
         self, shard: int, gateway: str, ack: int, connections: int, timeout_s: float

@@ -21,7 +21,7 @@ from ray.exceptions import RayError
 
 from engine.errors import Unavailable
 from engine.settings import Settings
-from engine.shard import Command, Event, Result
+from engine.shard import Channel, Command, Event, Feed, Result
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +47,10 @@ class _ShardActor:
         self.host = make_host(settings, index)
         tune_gc()
 
-    async def call(self, commands: Sequence[Command]) -> list[Result]:
-        return await self.host.call(commands)
+    async def call(
+        self, commands: Sequence[Command], channel: Channel | None
+    ) -> tuple[list[Result], Feed | None]:
+        return await self.host.call(commands, channel)
 
     async def poll(
         self, gateway: str, ack: int, connections: int, timeout_s: float
@@ -226,13 +228,17 @@ class RayTransport:
         self.n_shards = settings.shards
         self.handles = find_shards(settings)
 
-    async def call(self, shard: int, commands: Sequence[Command]) -> list[Result]:
+    async def call(
+        self, shard: int, commands: Sequence[Command], channel: Channel | None
+    ) -> tuple[list[Result], Feed | None]:
         try:
-            results: list[Result] = await self.handles[shard].call.remote(list(commands))
+            out: tuple[list[Result], Feed | None] = await self.handles[shard].call.remote(
+                list(commands), channel
+            )
         except RayError as e:
             msg = f"shard {shard} is restarting; retry shortly ({type(e).__name__})"
             raise Unavailable(msg) from e
-        return results
+        return out
 
     async def poll(
         self, shard: int, gateway: str, ack: int, connections: int, timeout_s: float

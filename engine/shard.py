@@ -34,6 +34,10 @@ Result = tuple[Any, ...]  # ("ok", value) | ("err", code, detail)
 # location update, "s" status change, "x" expired (the gateway sends the error and closes).
 # `accepted at` (Unix seconds) lets gateways measure acceptance-to-fan-out latency.
 Event = tuple[str, str, int, bytes, float]
+# What a shard owes a gateway: (shard incarnation, cursor of the first event, events).
+Feed = tuple[str, int, list[Event]]
+# A gateway's position on a shard, sent with calls and polls: (gateway id, ack, connections).
+Channel = tuple[str, int, int]
 
 # Views travel as JSON encoded once here: the HTTP reply and every event reuse the same bytes.
 LOCATION_UPDATE = b'{"type":"location_update","data":%b}'
@@ -51,6 +55,7 @@ class GatewayQueue:
 
     events: list[Event] = field(default_factory=list)
     base: int = 0  # cursor of events[0]
+    sent: int = 0  # cursor after the last event handed out in any reply
     last_seen: float = 0.0
     connections: int = 0
     lost: int = 0
@@ -300,6 +305,9 @@ class Shard:
             n = min(ack - q.base, len(q.events))
             del q.events[:n]
             q.base += n
+        end = q.base + len(q.events)
+        if end > q.sent:
+            q.sent = end
         return q.base, list(q.events)
 
     def has_events(self, gw: str, ack: int) -> bool:
@@ -307,10 +315,10 @@ class Shard:
         q = self.gateways.get(gw)
         return q is not None and q.base + len(q.events) > ack
 
-    def has_pending(self, gw: str) -> bool:
-        """Whether events wait for `gw` beyond what it last acknowledged."""
+    def has_unsent(self, gw: str) -> bool:
+        """Whether events wait for `gw` that no reply has carried yet."""
         q = self.gateways.get(gw)
-        return q is not None and bool(q.events)
+        return q is not None and q.base + len(q.events) > q.sent
 
     def checkpoint_rows(self, sessions: Sequence[Session]) -> list[CheckpointRow]:
         """The state of `sessions` for a checkpoint (see `engine.store`)."""

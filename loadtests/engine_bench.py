@@ -16,11 +16,13 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
 from engine.client import EngineClient, Transport
 from engine.settings import Settings
+from engine.shard import Event
 
 DROP = (5.6037, -0.1869)
 
@@ -38,6 +40,24 @@ def _percentile(xs: list[float], p: float) -> float:
         return float("nan")
     xs = sorted(xs)
     return xs[min(len(xs) - 1, round(p / 100 * (len(xs) - 1)))]
+
+
+class _Sink:
+    """The benchmark's gateway: notes when each location update arrives."""
+
+    connections = 0
+
+    def __init__(self, received: dict[tuple[str, int], float]) -> None:
+        self.received = received
+
+    def deliver(self, events: list[Event]) -> None:
+        now = time.perf_counter()
+        for tid, kind, seq, _msg, _at in events:
+            if kind == "u":
+                self.received[(tid, seq)] = now
+
+    def resync(self, shard: int) -> None:
+        print(f"shard {shard} restarted or dropped events during the run", file=sys.stderr)
 
 
 class Bench:
@@ -153,19 +173,9 @@ class Bench:
         sent: dict[tuple[str, int], float] = {}
         received: dict[tuple[str, int], float] = {}
         acks: list[float] = []
-        stop = asyncio.Event()
-
-        async def poll(shard: int) -> None:
-            ack = 0
-            while not stop.is_set():
-                _, base, events = await c.poll(shard, gw, ack, 0, 0.5)
-                now = time.perf_counter()
-                for tid, kind, seq, _msg, _at in events:
-                    if kind == "u":
-                        received[(tid, seq)] = now
-                ack = base + len(events)
-
-        pollers = [asyncio.create_task(poll(s)) for s in range(c.n_shards)]
+        # Events come as they come to an API process's gateway: on this process's call replies
+        # and on its idle long-polls (engine.client's event channel).
+        c.open_events(gw, _Sink(received))
         interval = 1.0 / a.rate
         t0 = time.perf_counter()
         n = int(a.rate * a.latency_seconds)
@@ -188,8 +198,7 @@ class Bench:
             task.add_done_callback(pending.discard)
         await asyncio.gather(*pending)
         await asyncio.sleep(0.5)
-        stop.set()
-        await asyncio.gather(*pollers)
+        await c.close_events()
         # Matched after the run: an event may reach the gateway before the update's reply.
         ms = [(received[k] - t) * 1000 for k, t in sent.items() if k in received]
         return {
@@ -202,6 +211,15 @@ class Bench:
             "event_latency_p99_ms": round(_percentile(ms, 99), 2),
             "event_latency_mean_ms": round(statistics.fmean(ms), 2) if ms else None,
         }
+
+
+def _run(coro: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
+    """On uvloop when installed, as `tracking serve` runs (uvicorn's loop "auto")."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -220,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="engine-bench-") as d:
         bench = Bench(args, Path(d))
         try:
-            result = asyncio.run(bench.run())
+            result = _run(bench.run())
         finally:
             bench.close()
     width = max(len(k) for k in result)

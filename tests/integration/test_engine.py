@@ -15,7 +15,7 @@ from engine.client import EngineClient
 from engine.errors import Conflict, Expired, Forbidden, NotFound, Unavailable
 from engine.shard import Event
 from tests.integration.conftest import EngineUnderTest, run
-from tests.support import timeout
+from tests.support import timeout, until
 
 DROP = (5.6037, -0.1869)
 
@@ -96,6 +96,52 @@ def test_gateway_gets_every_event_of_watched_session_in_order_and_none_of_others
         await c.update(ta, 5.62, -0.18, None, "RIDER-1")
         _, _base, after = await c.poll(c.shard_for(ta), gw, 0, 0, 0.3)
         assert [e for e in after if e[2] > 23] == []
+
+    run(go())
+
+
+class RecordingSink:
+    """A gateway stand-in: what the engine client's event channel delivered, and resyncs."""
+
+    connections = 3
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.resyncs: list[int] = []
+
+    def deliver(self, events: list[Event]) -> None:
+        self.events.extend(events)
+
+    def resync(self, shard: int) -> None:
+        self.resyncs.append(shard)
+
+
+def test_event_channel_brings_own_and_others_events_once_in_order(
+    eut: EngineUnderTest,
+) -> None:
+    """Events of this process's calls ride on their replies; other processes' come by poll."""
+
+    async def go() -> None:
+        mine = eut.client()
+        other = EngineClient(mine.transport)  # stands for another API process
+        sink = RecordingSink()
+        mine.open_events("gw-mine", sink)
+        try:
+            v = await _start(mine, 1)
+            tid = v["tracking_id"]
+            await mine.watch(tid, "gw-mine")
+            for i in range(10):
+                await mine.update(tid, 5.61, -0.18, None, "RIDER-1")
+                # this process's own events are delivered with the reply, before it returns
+                assert [e[2] for e in sink.events if e[1] == "u"][-1] == 2 + 2 * i
+                await other.update(tid, 5.62, -0.18, None, "RIDER-1")
+            assert await until(lambda: len(sink.events) >= 20, 20)
+            assert [(e[1], e[2]) for e in sink.events] == [("u", s) for s in range(2, 22)]
+            assert sink.resyncs == []
+            stats = await mine.stats()
+            assert stats["total_websocket_connections"] == sink.connections
+        finally:
+            await mine.close_events()
 
     run(go())
 
