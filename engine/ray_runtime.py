@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 from collections.abc import Sequence
@@ -20,6 +19,7 @@ import ray
 from ray.exceptions import RayError
 
 from engine.errors import Unavailable
+from engine.host import tune_gc
 from engine.settings import Settings
 from engine.shard import Channel, Command, Event, Feed, Result
 
@@ -104,18 +104,6 @@ class _DispatcherActor:
 
 
 DispatcherActor = ray.remote(_DispatcherActor)
-
-
-def tune_gc() -> None:
-    """Fewer, cheaper cyclic-GC passes in a process holding many long-lived objects.
-
-    A shard holds tens of thousands of sessions; with CPython's default thresholds full
-    collections walk all of them several times a second and show up as latency spikes.
-    Freezing what exists after loading takes it out of collections altogether.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 50, 100)
 
 
 def init(settings: Settings) -> None:
