@@ -1,9 +1,11 @@
-"""The asyncio shell around a `Shard`: batched calls, long-polls for events, the sweeper.
+"""The asyncio shell around a `Shard`: batched calls, long-polls for events, the sweeper and
+the checkpointer.
 
-Event transport (measured with `loadtests/transport_bench.py`): gateways long-poll each shard
-with a cursor. One poll returns every event queued for that API process since its last
-acknowledged cursor, so a burst travels in one Ray reply, and an event lost with a crashed
-reply is simply returned again by the next poll.
+Event transport (measured with `loadtests/transport_bench.py`, then `engine_bench.py`): each API
+process reads its events by cursor, faster than a Ray streaming generator. A call's reply
+carries the events queued for the caller's gateway; a long-poll returns the ones no reply has
+carried yet. Either returns everything since the acknowledged cursor, so a burst travels in one
+Ray reply, and an event lost with a crashed reply is returned again by the next poll.
 """
 
 from __future__ import annotations

@@ -42,6 +42,10 @@ CREATE TABLE IF NOT EXISTS journal (
     previous_status TEXT, lat REAL, lng REAL, at REAL NOT NULL,
     prev INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS marks (
+    tracking_id TEXT NOT NULL, seq INTEGER NOT NULL, id INTEGER NOT NULL,
+    PRIMARY KEY (tracking_id, seq)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 INSERT OR IGNORE INTO meta VALUES ('store_id', lower(hex(randomblob(16))));
 CREATE TABLE IF NOT EXISTS outbox (
@@ -143,6 +147,9 @@ def checkpoint_path(db: Path) -> Path:
 
 
 SCHEMA_VERSION = 3
+# Every MARK_EVERY-th change of a session is also indexed by (session, seq), so reading a page
+# of history walks at most this many rows more than the page, however long the session.
+MARK_EVERY = 256
 
 
 def _migrate_v2(conn: sqlite3.Connection) -> None:
@@ -174,6 +181,11 @@ def _migrate_v2(conn: sqlite3.Connection) -> None:
                      COALESCE(LAG(id) OVER (PARTITION BY tracking_id ORDER BY seq), 0)
               FROM v2_changes ORDER BY id;
             DROP TABLE v2_changes;
+            CREATE TABLE marks (
+                tracking_id TEXT NOT NULL, seq INTEGER NOT NULL, id INTEGER NOT NULL,
+                PRIMARY KEY (tracking_id, seq)
+            ) WITHOUT ROWID;
+            INSERT INTO marks SELECT tracking_id, seq, id FROM journal WHERE seq % 256 = 0;
             PRAGMA user_version = 3;
             COMMIT;
             """
@@ -229,6 +241,12 @@ WITH RECURSIVE chain(id, prev, seq) AS (
 )
 SELECT j.seq, j.status, j.previous_status, j.lat, j.lng, j.at
 FROM chain c JOIN journal j ON j.id = c.id WHERE c.seq > ?2 ORDER BY c.seq LIMIT ?3
+"""
+
+_MARK = """
+SELECT m.id FROM marks m
+WHERE m.tracking_id = (SELECT tracking_id FROM journal WHERE id = ?1) AND m.seq >= ?2 AND m.id < ?1
+ORDER BY m.seq LIMIT 1
 """
 
 _CHAIN = """
@@ -343,6 +361,10 @@ class SqliteStore:
                     for jid, prev, ch in entries
                 ],
             )
+            indexed = [(ch.tracking_id, ch.seq, jid) for jid, _, ch in entries
+                       if ch.seq % MARK_EVERY == 0]  # fmt: skip
+            if indexed:
+                c.executemany("INSERT INTO marks VALUES (?, ?, ?)", indexed)
             if outbox:
                 c.executemany(
                     "INSERT INTO outbox (tracking_id, target, path, body, idempotency_key,"
@@ -379,7 +401,9 @@ class SqliteStore:
     def history(self, head: int, since_seq: int, limit: int) -> list[dict[str, Any]]:
         if head <= 0:
             return []
-        cur = self.conn.execute(_HISTORY, (head, since_seq, limit))
+        # Start from the session's first mark past the page, if any, instead of its newest row.
+        mark = self.conn.execute(_MARK, (head, since_seq + limit)).fetchone()
+        cur = self.conn.execute(_HISTORY, (mark[0] if mark else head, since_seq, limit))
         return [
             {"seq": seq, "status": st, "previous_status": prev, "lat": lat, "lng": lng,
              "at": int(at)}
@@ -392,7 +416,9 @@ class SqliteStore:
         c = self.conn
         c.execute("BEGIN IMMEDIATE")
         try:
-            c.executemany("DELETE FROM sessions WHERE tracking_id = ?", [(t,) for t, _ in sessions])
+            ids = [(t,) for t, _ in sessions]
+            c.executemany("DELETE FROM sessions WHERE tracking_id = ?", ids)
+            c.executemany("DELETE FROM marks WHERE tracking_id = ?", ids)
             for _, head in sessions:
                 if head > 0:
                     c.execute(_CHAIN, (head,))

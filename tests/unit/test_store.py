@@ -236,10 +236,17 @@ def test_a_long_history_pages_in_order(store: SqliteStore) -> None:
     store.commit([s], ids(starts(s)), [])
     for _ in range(10):
         store.commit([], ids(of(s, walk(s, [None] * 200)[1:])), [])
+    # Every 256th change is indexed: a page starts its walk at most that far past its end.
+    marks = store.conn.execute("SELECT seq FROM marks ORDER BY seq").fetchall()
+    assert [m[0] for m in marks] == [256 * k for k in range(1, 8)]
     seqs: list[int] = []
     while page := store.history(s.head, seqs[-1] if seqs else 0, 150):
         seqs.extend(x["seq"] for x in page)
     assert seqs == list(range(1, 2002))
+    assert [x["seq"] for x in store.history(s.head, 255, 2)] == [256, 257]
+    assert [x["seq"] for x in store.history(s.head, 1990, 100)] == list(range(1991, 2002))
+    store.purge([(s.tracking_id, s.head)])
+    assert store.conn.execute("SELECT COUNT(*) FROM marks").fetchone()[0] == 0
 
 
 def test_purge_forgets_sessions_but_never_owed_calls(db: Path, store: SqliteStore) -> None:
