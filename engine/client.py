@@ -108,12 +108,12 @@ class _Lane:
                 del self.pending[:MAX_BATCH]
                 t0 = loop.time()
                 try:
-                    results, feed = await asyncio.wait_for(
-                        self.transport.call(
+                    # asyncio.timeout, not wait_for: no task per call, so the call leaves now
+                    # rather than after everything else ready on the loop.
+                    async with asyncio.timeout(CALL_TIMEOUT_S):
+                        results, feed = await self.transport.call(
                             self.shard, [c for c, _, _ in batch], self.client.channel(self.shard)
-                        ),
-                        CALL_TIMEOUT_S,
-                    )
+                        )
                 except TrackingError as e:
                     for _, f, _ in batch:
                         if not f.done():
