@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -156,8 +157,8 @@ def test_require_roles() -> None:
     check = require_roles(Role.SUPERADMIN, Role.MERCHANT).dependency
     admin = Principal("a", Role.SUPERADMIN)
     merchant = Principal("m", Role.MERCHANT)
-    assert check(admin) is admin
-    assert check(merchant) is merchant
+    assert asyncio.run(check(admin)) is admin
+    assert asyncio.run(check(merchant)) is merchant
     for role in (Role.RIDER, Role.CUSTOMER):
         with pytest.raises(Forbidden):
-            check(Principal("x", role))
+            asyncio.run(check(Principal("x", role)))
