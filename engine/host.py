@@ -1,5 +1,12 @@
-"""The asyncio shell around a `Shard`: batched calls, long-polls for events, the sweeper and
-the checkpointer.
+"""The shell around a `Shard`: batched calls, long-polls for events, the sweeper and the
+checkpointer, on threads.
+
+Calls, polls and the background work share the shard under one lock. Under Ray the shard actor
+is a threaded actor: calls run on its default thread, polls block in a thread group of their
+own. Measured on this box against an asyncio actor with the same calls
+(2 actors, 5-command calls, a long-poll outstanding on each): round trip p50 2.8-3.2 ms against
+3.3-4.2 ms, p99 6.5 ms against 7.3-10.9 ms, as a call no longer hops from Ray's thread into an
+event loop thread and back.
 
 Event transport (measured with `loadtests/transport_bench.py`, then `engine_bench.py`): each API
 process reads its events by cursor, faster than a Ray streaming generator. A call's reply
@@ -10,10 +17,10 @@ Ray reply, and an event lost with a crashed reply is returned again by the next 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import gc
 import logging
+import threading
+import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -44,135 +51,134 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 50, 100)
 
 
-
 class ShardHost:
-    """Hosts one Shard in an event loop; identical under Ray and in-process."""
+    """Hosts one Shard for concurrent callers; identical under Ray and in-process."""
 
-    def __init__(self, shard: Shard, sweep_interval_s: float) -> None:
+    def __init__(self, shard: Shard, sweep_interval_s: float, background: bool = True) -> None:
         self.shard = shard
         self.sweep_interval_s = sweep_interval_s
         # A new epoch per incarnation: a gateway that sees it change knows its watches are gone.
         self.epoch = uuid.uuid4().hex
-        # Long-polls waiting for events, by gateway.
-        self._waiters: dict[str, asyncio.Future[None]] = {}
-        self._sweeper: asyncio.Task[None] | None = None
-        self._checkpointer: asyncio.Task[None] | None = None
+        self._cond = threading.Condition()  # guards the shard; polls wait on it for events
+        self._polls: dict[str, object] = {}  # gateway -> its newest poll (an older one returns)
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        if background:
+            for name, target in (("sweeper", self._sweep_forever),
+                                 ("checkpointer", self._checkpoint_forever)):  # fmt: skip
+                t = threading.Thread(target=target, name=f"shard-{name}", daemon=True)
+                t.start()
+                self._threads.append(t)
 
-    def _ensure_sweeper(self) -> None:
-        loop = asyncio.get_running_loop()
-        if self._sweeper is None or self._sweeper.done():
-            self._sweeper = loop.create_task(self._sweep_forever())
-        if self._checkpointer is None or self._checkpointer.done():
-            self._checkpointer = loop.create_task(self._checkpoint_forever())
-
-    async def _sweep_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.sweep_interval_s)
-            try:
-                if self.shard.sweep():
-                    self._wake()
-            except Exception:
-                log.exception("sweep failed")
-
-    async def _checkpoint_forever(self) -> None:
-        loop = asyncio.get_running_loop()
-        done_high, done_at = self.shard.journal_high(), loop.time()
-        while True:
-            await asyncio.sleep(1.0)
-            high = self.shard.journal_high()
-            if high == done_high or (
-                high - done_high < CHECKPOINT_ROWS
-                and loop.time() - done_at < CHECKPOINT_INTERVAL_S
-            ):
-                continue
-            try:
-                await self.checkpoint()
-            except Exception:
-                log.exception("checkpoint failed; the journal still has everything")
-            done_high, done_at = high, loop.time()
-
-    async def checkpoint(self) -> bool:
-        """Write every session's state to the store's checkpoint; False if the shard reloaded.
-
-        The state is read in slices between batches, so it is fuzzy: each session is recorded
-        as of some point after `upto`, and recovery replays only journal rows newer than what
-        the checkpoint holds for their session.
-        """
-        shard = self.shard
-        generation = shard.generation
-        upto = shard.journal_high()
-        sessions = list(shard.sessions.values())
-        chunks = []
-        for i in range(0, len(sessions), CHECKPOINT_SLICE):
-            if shard.generation != generation:
-                return False  # reloaded after a failed commit: these objects may be ahead
-            chunks.append(orjson.dumps(shard.checkpoint_rows(sessions[i : i + CHECKPOINT_SLICE])))
-            await asyncio.sleep(0)
-        if shard.generation != generation:
-            return False
-        await asyncio.to_thread(shard.store.write_checkpoint, upto, len(sessions), chunks)
-        return True
-
-    def _wake(self) -> None:
-        # Only gateways that now have events no reply carried yet: a woken poll is a Ray reply
-        # and a new request, and waking every poll on every batch roughly doubled the latency.
-        for gw in [g for g in self._waiters if self.shard.has_unsent(g)]:
-            fut = self._waiters.pop(gw)
-            if not fut.done():
-                fut.set_result(None)
-
-    async def call(
+    # -- calls and polls ------------------------------------------------------------------------
+    def call(
         self, commands: Sequence[Command], channel: Channel | None = None
     ) -> tuple[list[Result], Feed | None]:
         """Apply a batch of commands (results in the same order); with the caller's gateway
         channel, the reply also carries that gateway's events (so its poll need not wake)."""
-        self._ensure_sweeper()
-        results = self.shard.handle(commands)
-        feed: Feed | None = None
-        if channel is not None:
-            gateway, ack, connections = channel
-            base, events = self.shard.take(gateway, ack, connections)
-            feed = (self.epoch, base, events)
-        self._wake()
+        with self._cond:
+            results = self.shard.handle(commands)
+            feed: Feed | None = None
+            if channel is not None:
+                gateway, ack, connections = channel
+                base, events = self.shard.take(gateway, ack, connections)
+                feed = (self.epoch, base, events)
+            self._wake()
         return results, feed
 
-    async def poll(
+    def poll(
         self, gateway: str, ack: int, connections: int, timeout_s: float
     ) -> tuple[str, int, list[Event]]:
         """Events for `gateway` after cursor `ack`, waiting up to `timeout_s` for the first."""
-        self._ensure_sweeper()
-        base, events = self.shard.take(gateway, ack, connections)
-        if not events and timeout_s > 0:
-            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            old = self._waiters.get(gateway)
-            if old is not None and not old.done():
-                old.set_result(None)  # a newer poll of the same gateway supersedes it
-            self._waiters[gateway] = fut
-            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout_s):
-                    await fut
-            if self._waiters.get(gateway) is fut:
-                del self._waiters[gateway]
+        with self._cond:
             base, events = self.shard.take(gateway, ack, connections)
-        return self.epoch, base, events
+            if events or timeout_s <= 0 or self._stop.is_set():
+                return self.epoch, base, events
+            me = object()
+            self._polls[gateway] = me  # a newer poll of the same gateway supersedes this one
+            self._cond.notify_all()
+            self._cond.wait_for(
+                lambda: self.shard.has_unsent(gateway) or self._polls.get(gateway) is not me
+                or self._stop.is_set(),
+                timeout_s,
+            )
+            if self._polls.get(gateway) is me:
+                del self._polls[gateway]
+            base, events = self.shard.take(gateway, ack, connections)
+            return self.epoch, base, events
 
-    async def ping(self) -> dict[str, Any]:
-        self._ensure_sweeper()
-        return {"epoch": self.epoch, "sessions": len(self.shard.sessions)}
+    def _wake(self) -> None:
+        # Only when some waiting gateway has events no reply carried yet: a woken poll is a Ray
+        # reply and a new request, and waking polls on every batch doubled the latency.
+        if any(self.shard.has_unsent(g) for g in self._polls):
+            self._cond.notify_all()
 
-    async def close(self) -> None:
-        for fut in self._waiters.values():
-            if not fut.done():
-                fut.set_result(None)
-        self._waiters.clear()
-        for task in (self._sweeper, self._checkpointer):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+    def ping(self) -> dict[str, Any]:
+        with self._cond:
+            return {"epoch": self.epoch, "sessions": len(self.shard.sessions)}
+
+    # -- background work ------------------------------------------------------------------------
+    def _sweep_forever(self) -> None:
+        while not self._stop.wait(self.sweep_interval_s):
+            try:
+                with self._cond:
+                    if self.shard.sweep():
+                        self._wake()
+            except Exception:
+                log.exception("sweep failed")
+
+    def _checkpoint_forever(self) -> None:
+        done_high, done_at = self.shard.journal_high(), time.monotonic()
+        while not self._stop.wait(1.0):
+            high = self.shard.journal_high()
+            if high == done_high or (
+                high - done_high < CHECKPOINT_ROWS
+                and time.monotonic() - done_at < CHECKPOINT_INTERVAL_S
+            ):
+                continue
+            try:
+                self.checkpoint()
+            except Exception:
+                log.exception("checkpoint failed; the journal still has everything")
+            done_high, done_at = high, time.monotonic()
+
+    def checkpoint(self, between_slices: Any = None) -> bool:
+        """Write every session's state to the store's checkpoint; False if the shard reloaded.
+
+        The state is read in slices, each under the lock, calls served in between, so it is
+        fuzzy: each session is recorded as of some point after `upto`, and recovery replays
+        only journal rows newer than what the checkpoint holds for their session.
+        `between_slices` (tests) runs between slices.
+        """
+        shard = self.shard
+        with self._cond:
+            generation = shard.generation
+            upto = shard.journal_high()
+            sessions = list(shard.sessions.values())
+        chunks = []
+        for i in range(0, len(sessions), CHECKPOINT_SLICE):
+            if between_slices is not None and i > 0:
+                between_slices()
+            with self._cond:
+                if shard.generation != generation:
+                    return False  # reloaded after a failed commit: these objects may be ahead
+                rows = shard.checkpoint_rows(sessions[i : i + CHECKPOINT_SLICE])
+            chunks.append(orjson.dumps(rows))
+        with self._cond:
+            if shard.generation != generation:
+                return False
+        shard.store.write_checkpoint(upto, len(sessions), chunks)
+        return True
+
+    def close(self) -> None:
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        for t in self._threads:
+            t.join(timeout=30)
         try:
-            await self.checkpoint()  # the next start then replays nothing
+            self.checkpoint()  # the next start then replays nothing
         except Exception:
             log.exception("checkpoint at close failed; the journal still has everything")
-        self.shard.store.close()
+        with self._cond:
+            self.shard.store.close()

@@ -6,7 +6,9 @@ testing mode runs deployments without Ray.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 from engine.clock import Clock, system_clock
 from engine.host import ShardHost
@@ -39,17 +41,23 @@ class LocalTransport:
     def __init__(self, settings: Settings, clock: Clock = system_clock) -> None:
         self.n_shards = settings.shards
         self.hosts = [make_host(settings, i, clock) for i in range(settings.shards)]
+        # Polls block a thread while they wait; this process's gateway keeps one per shard.
+        self._pollers = ThreadPoolExecutor(self.n_shards + 2, thread_name_prefix="shard-poll")
 
     async def call(
         self, shard: int, commands: Sequence[Command], channel: Channel | None
     ) -> tuple[list[Result], Feed | None]:
-        return await self.hosts[shard].call(commands, channel)
+        return self.hosts[shard].call(commands, channel)
 
     async def poll(
         self, shard: int, gateway: str, ack: int, connections: int, timeout_s: float
     ) -> tuple[str, int, list[Event]]:
-        return await self.hosts[shard].poll(gateway, ack, connections, timeout_s)
+        host = self.hosts[shard]
+        return await asyncio.get_running_loop().run_in_executor(
+            self._pollers, host.poll, gateway, ack, connections, timeout_s
+        )
 
     async def close(self) -> None:
         for h in self.hosts:
-            await h.close()
+            await asyncio.to_thread(h.close)
+        self._pollers.shutdown(wait=False, cancel_futures=True)

@@ -36,8 +36,16 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_worker_niceness", "0")
 
 
+# Long-polls wait in a thread group of their own, one thread per waiting API process: more API
+# processes than this against one shard would queue their polls.
+POLL_THREADS = 64
+
+
 class _ShardActor:
-    """Ray actor body: a ShardHost built inside the actor process."""
+    """Ray actor body: a ShardHost built inside the actor process.
+
+    A threaded actor: calls (and pings) run one at a time on the default group's thread, polls
+    block in the "poll" group's threads; the host's lock orders them (see engine.host)."""
 
     def __init__(self, settings_json: str, index: int) -> None:
         from engine.local_runtime import make_host
@@ -47,24 +55,29 @@ class _ShardActor:
         self.host = make_host(settings, index)
         tune_gc()
 
-    async def call(
+    def call(
         self, commands: Sequence[Command], channel: Channel | None
     ) -> tuple[list[Result], Feed | None]:
-        return await self.host.call(commands, channel)
+        return self.host.call(commands, channel)
 
-    async def poll(
+    @ray.method(concurrency_group="poll")
+    def poll(
         self, gateway: str, ack: int, connections: int, timeout_s: float
     ) -> tuple[str, int, list[Event]]:
-        return await self.host.poll(gateway, ack, connections, timeout_s)
+        return self.host.poll(gateway, ack, connections, timeout_s)
 
-    async def ping(self) -> dict[str, Any]:
-        return await self.host.ping()
+    @ray.method(concurrency_group="poll")
+    def ping(self) -> dict[str, Any]:
+        return self.host.ping()
 
+    @ray.method(concurrency_group="poll")
     def pid(self) -> int:
         return os.getpid()
 
 
-ShardActor = ray.remote(_ShardActor)
+ShardActor = ray.remote(concurrency_groups={"poll": POLL_THREADS})(  # type: ignore[call-overload]
+    _ShardActor
+)
 
 
 class _DispatcherActor:
@@ -145,7 +158,6 @@ def _shard_options(settings: Settings, index: int) -> dict[str, Any]:
         "lifetime": "detached",
         "get_if_exists": True,
         "max_restarts": -1,
-        "max_concurrency": 10_000,
         "num_cpus": 0,
     }
 

@@ -4,8 +4,8 @@ Each session is an actor in the strict sense: its state changes only through the
 shard processes, one at a time, in the order they arrived. `Shard.handle` takes a whole batch (one
 Ray call's worth), applies it in memory, journals every change of the batch in one store
 transaction, and only then publishes events and returns results. This class does no I/O of its
-own beyond the store; `engine.host.ShardHost` wraps it for asyncio, and the runtimes place hosts
-in Ray actors or in-process.
+own beyond the store; `engine.host.ShardHost` serves it to concurrent callers, and the runtimes
+place hosts in Ray actors or in-process.
 """
 
 from __future__ import annotations

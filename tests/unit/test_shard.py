@@ -6,8 +6,9 @@ behaviour (reload, history, a failing commit) runs over SqliteStore.
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -512,8 +513,8 @@ def test_history_and_restarts_from_a_checkpoint(hs: Harness) -> None:
         for tid in tids:
             hs.clock.advance(1)
             ok(hs.update(tid, 5.6 + k / 100, -0.19))
-    host = ShardHost(hs.shard, sweep_interval_s=60)
-    assert asyncio.run(host.checkpoint())
+    host = ShardHost(hs.shard, sweep_interval_s=60, background=False)
+    assert host.checkpoint()
     ok(hs.update(tids[0], 5.7, -0.19, "PICKED_UP"))  # after the checkpoint
     views = {t: ok(hs.get(t)) for t in tids}
     history = {t: ok(hs.one(("history", t, 0, 100))) for t in tids}
@@ -532,19 +533,16 @@ def test_a_checkpoint_gives_up_when_the_shard_reloads_under_it(
 ) -> None:
     monkeypatch.setattr(host_module, "CHECKPOINT_SLICE", 1)
     tids = [hs.start(f"ORD-{i}") for i in range(3)]
-    host = ShardHost(hs.shard, sweep_interval_s=60)
+    host = ShardHost(hs.shard, sweep_interval_s=60, background=False)
     store = hs.shard.store
     assert isinstance(store, BrokenDiskStore)
 
-    async def run() -> bool:
-        task = asyncio.create_task(host.checkpoint())
-        await asyncio.sleep(0)  # the checkpoint has read its first slice
+    def a_batch_fails() -> None:  # between two slices of the checkpoint
         store.broken = True  # this batch fails: the shard reloads from the journal
         assert unavailable(hs.update(tids[2], 5.9, -0.19))
         store.broken = False
-        return await task
 
-    assert asyncio.run(run()) is False
+    assert host.checkpoint(between_slices=a_batch_fails) is False
     assert not store.checkpoint.exists()
 
 
@@ -633,3 +631,61 @@ def test_a_read_batched_after_a_failed_write_does_not_see_it(hs: Harness) -> Non
         assert unavailable(r) or decode(r[1]) == journaled
     store.broken = False
     assert ok(hs.get(tid)) == journaled
+
+
+# -- the host: calls, polls and background work on threads ---------------------------------
+
+
+def test_a_waiting_poll_wakes_for_events_no_reply_carried(h: Harness) -> None:
+    host = ShardHost(h.shard, sweep_interval_s=60, background=False)
+    tid = h.start()
+    ok(host.call([("watch", tid, "gw-a")])[0][0])
+    ok(host.call([("watch", tid, "gw-b")])[0][0])
+    got: list[tuple[str, int, list[Any]]] = []
+    poller = threading.Thread(target=lambda: got.append(host.poll("gw-a", 0, 1, 30.0)))
+    poller.start()
+    # gw-b's own call carries the event to gw-b; gw-a's waiting poll is woken for it.
+    results, feed = host.call([("update", tid, 5.61, -0.19, None, "RIDER-1")], ("gw-b", 0, 1))
+    ok(results[0])
+    assert feed is not None
+    assert [e[2] for e in feed[2]] == [2]
+    poller.join(timeout=30)
+    assert not poller.is_alive()
+    epoch, base, events = got[0]
+    assert (epoch, base, [e[2] for e in events]) == (host.epoch, 0, [2])
+    # gw-a acknowledges; its next poll waits, and a call carrying its channel takes its event
+    # without waking it.
+    assert host.poll("gw-a", 1, 1, 0.0)[2] == []
+    _, feed = host.call([("update", tid, 5.62, -0.19, None, "RIDER-1")], ("gw-a", 1, 1))
+    assert feed is not None
+    assert [e[2] for e in feed[2]] == [3]
+    assert not h.shard.has_unsent("gw-a")
+
+
+def test_a_newer_poll_releases_the_older_and_close_releases_all(h: Harness) -> None:
+    host = ShardHost(h.shard, sweep_interval_s=60, background=False)
+    done: list[str] = []
+
+    def poll(name: str) -> None:
+        host.poll("gw-a", 0, 1, 30.0)
+        done.append(name)
+
+    first = threading.Thread(target=poll, args=("first",))
+    first.start()
+    assert until_true(lambda: "gw-a" in host._polls)
+    second = threading.Thread(target=poll, args=("second",))
+    second.start()
+    first.join(timeout=30)
+    assert done == ["first"]  # superseded, not left to time out
+    host.close()
+    second.join(timeout=30)
+    assert done == ["first", "second"]
+
+
+def until_true(predicate: Callable[[], bool], seconds: float = 10.0) -> bool:
+    end = time.monotonic() + seconds
+    while not predicate():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.01)
+    return True
