@@ -32,10 +32,8 @@ from engine.status import Status
 
 log = logging.getLogger(__name__)
 
-SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS sessions (
-    {", ".join(c + (" TEXT PRIMARY KEY" if c == "tracking_id" else "") for c in ROW_COLUMNS)}
-) WITHOUT ROWID;
+# The journal and its marks, created by SCHEMA and by the migration from version 2.
+_JOURNAL = """
 CREATE TABLE IF NOT EXISTS journal (
     id INTEGER PRIMARY KEY,
     tracking_id TEXT NOT NULL, seq INTEGER NOT NULL, status TEXT NOT NULL,
@@ -46,6 +44,13 @@ CREATE TABLE IF NOT EXISTS marks (
     tracking_id TEXT NOT NULL, seq INTEGER NOT NULL, id INTEGER NOT NULL,
     PRIMARY KEY (tracking_id, seq)
 ) WITHOUT ROWID;
+"""
+
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS sessions (
+    {", ".join(c + (" TEXT PRIMARY KEY" if c == "tracking_id" else "") for c in ROW_COLUMNS)}
+) WITHOUT ROWID;
+{_JOURNAL}
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 INSERT OR IGNORE INTO meta VALUES ('store_id', lower(hex(randomblob(16))));
 CREATE TABLE IF NOT EXISTS outbox (
@@ -156,13 +161,8 @@ def _migrate_v2(conn: sqlite3.Connection) -> None:
     """Version 2 kept history in a table indexed by session; fold it into the chained journal."""
     try:
         conn.executescript(  # one transaction: executescript would commit an open one first
-            """
+            f"""
             BEGIN IMMEDIATE;
-            CREATE TABLE IF NOT EXISTS history (
-                tracking_id TEXT NOT NULL, seq INTEGER NOT NULL, status TEXT NOT NULL,
-                previous_status TEXT, lat REAL, lng REAL, at REAL NOT NULL,
-                PRIMARY KEY (tracking_id, seq)
-            ) WITHOUT ROWID;
             CREATE TEMP TABLE v2_changes AS
               SELECT ROW_NUMBER() OVER (ORDER BY at, tracking_id, seq) AS id, * FROM (
                 SELECT tracking_id, seq, status, previous_status, lat, lng, at FROM history
@@ -170,23 +170,14 @@ def _migrate_v2(conn: sqlite3.Connection) -> None:
               );
             DROP TABLE journal;
             DROP TABLE history;
-            CREATE TABLE journal (
-                id INTEGER PRIMARY KEY,
-                tracking_id TEXT NOT NULL, seq INTEGER NOT NULL, status TEXT NOT NULL,
-                previous_status TEXT, lat REAL, lng REAL, at REAL NOT NULL,
-                prev INTEGER NOT NULL DEFAULT 0
-            );
+            {_JOURNAL}
             INSERT INTO journal
               SELECT id, tracking_id, seq, status, previous_status, lat, lng, at,
                      COALESCE(LAG(id) OVER (PARTITION BY tracking_id ORDER BY seq), 0)
               FROM v2_changes ORDER BY id;
             DROP TABLE v2_changes;
-            CREATE TABLE marks (
-                tracking_id TEXT NOT NULL, seq INTEGER NOT NULL, id INTEGER NOT NULL,
-                PRIMARY KEY (tracking_id, seq)
-            ) WITHOUT ROWID;
-            INSERT INTO marks SELECT tracking_id, seq, id FROM journal WHERE seq % 256 = 0;
-            PRAGMA user_version = 3;
+            INSERT INTO marks SELECT tracking_id, seq, id FROM journal WHERE seq % {MARK_EVERY} = 0;
+            PRAGMA user_version = {SCHEMA_VERSION};
             COMMIT;
             """
         )
@@ -206,7 +197,12 @@ def _check_schema(conn: sqlite3.Connection, path: Path) -> None:
             f"{len(columns)}, this version needs {SCHEMA_VERSION} with {len(ROW_COLUMNS)}: "
             "point TRACKING_DATA_DIR at a new directory or move the old files away"
         )
-    if version in (0, 2) and columns == ROW_COLUMNS:  # 0: written before versions were kept
+    # Version 0 with a history table: written before versions were kept (the version 2 layout).
+    # Without one it is a new file that another process is creating right now: not migrated.
+    has_history = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'history'"
+    ).fetchone()
+    if version == 2 or (version == 0 and columns == ROW_COLUMNS and has_history):
         _migrate_v2(conn)
 
 

@@ -16,6 +16,7 @@ from engine.session import Change, Lifetimes, Session
 from engine.shard import Shard, ShardConfig
 from engine.status import Status
 from engine.store import (
+    SCHEMA,
     Entry,
     NullStore,
     OutboxStore,
@@ -304,6 +305,21 @@ def test_a_version_2_file_is_migrated(db: Path) -> None:
         assert {t: s.view() for t, s in loaded.items()} == {"TRK-a": a.view(), "TRK-b": b.view()}
         assert store.history(loaded["TRK-a"].head, 0, 100) == [c.history_item() for c in ca]
         assert store.history(loaded["TRK-b"].head, 0, 100) == [c.history_item() for c in cb]
+        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == 3
+    finally:
+        store.close()
+
+
+def test_a_new_file_caught_mid_creation_is_not_migrated(db: Path) -> None:
+    """Another process has created the tables but not yet stamped the version."""
+    conn = sqlite3.connect(db)
+    conn.executescript(SCHEMA)  # user_version still 0
+    conn.close()
+    store = SqliteStore(db)
+    try:
+        a = session("TRK-a", "ORD-a")
+        store.commit([a], Ids()(starts(a)), [])
+        assert [s.tracking_id for s in store.load_sessions(LT)] == ["TRK-a"]
         assert store.conn.execute("PRAGMA user_version").fetchone()[0] == 3
     finally:
         store.close()
