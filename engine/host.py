@@ -22,7 +22,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
@@ -142,7 +142,7 @@ class ShardHost:
                 log.exception("checkpoint failed; the journal still has everything")
             done_high, done_at = high, time.monotonic()
 
-    def checkpoint(self, between_slices: Any = None) -> bool:
+    def checkpoint(self, between_slices: Callable[[], None] | None = None) -> bool:
         """Write every session's state to the store's checkpoint; False if the shard reloaded.
 
         The state is read in slices, each under the lock, calls served in between, so it is

@@ -160,7 +160,7 @@ class Bench:
         out["updates_per_s"] = round(counts["done"] / dt)
         out["update_failures"] = counts["failed"]
 
-        # 3. event latency at a fixed offered rate: update -> gateway poll receives it
+        # 3. event latency at a fixed offered rate: update -> the gateway receives its event
         # What the setup allocated stays: out of the collector's way, as in the shards.
         tune_gc()
         out.update(await self.latency(c, tids[: a.watched], riders))
