@@ -15,7 +15,7 @@ from engine.client import EngineClient
 from engine.errors import Conflict, Expired, Forbidden, NotFound, Unavailable
 from engine.shard import Event
 from tests.integration.conftest import EngineUnderTest, run
-from tests.support import timeout, until
+from tests.support import RecordingSink, timeout, until
 
 DROP = (5.6037, -0.1869)
 
@@ -100,22 +100,6 @@ def test_gateway_gets_every_event_of_watched_session_in_order_and_none_of_others
     run(go())
 
 
-class RecordingSink:
-    """A gateway stand-in: what the engine client's event channel delivered, and resyncs."""
-
-    connections = 3
-
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-        self.resyncs: list[int] = []
-
-    def deliver(self, events: list[Event]) -> None:
-        self.events.extend(events)
-
-    def resync(self, shard: int) -> None:
-        self.resyncs.append(shard)
-
-
 def test_event_channel_brings_own_and_others_events_once_in_order(
     eut: EngineUnderTest,
 ) -> None:
@@ -124,7 +108,7 @@ def test_event_channel_brings_own_and_others_events_once_in_order(
     async def go() -> None:
         mine = eut.client()
         other = EngineClient(mine.transport)  # stands for another API process
-        sink = RecordingSink()
+        sink = RecordingSink(connections=3)
         mine.open_events("gw-mine", sink)
         try:
             v = await _start(mine, 1)

@@ -9,33 +9,24 @@ from engine.client import EngineClient
 from engine.local_runtime import LocalTransport
 from engine.settings import Settings
 from engine.shard import Event
-
-
-class Sink:
-    connections = 0
-
-    def __init__(self) -> None:
-        self.seqs: list[int] = []
-        self.resyncs: list[int] = []
-
-    def deliver(self, events: list[Event]) -> None:
-        self.seqs.extend(e[2] for e in events)
-
-    def resync(self, shard: int) -> None:
-        self.resyncs.append(shard)
+from tests.support import RecordingSink
 
 
 def ev(seq: int) -> Event:
     return ("TRK-1", "u", seq, b"{}", 0.0)
 
 
-def feeds(tmp_path: Path, replies: list[tuple[str, int, list[int]]]) -> Sink:
+def seqs(sink: RecordingSink) -> list[int]:
+    return [e[2] for e in sink.events]
+
+
+def feeds(tmp_path: Path, replies: list[tuple[str, int, list[int]]]) -> RecordingSink:
     """Feed `replies` (epoch, base cursor, seqs) of shard 0 to a client; return its sink."""
 
-    async def go() -> Sink:
+    async def go() -> RecordingSink:
         transport = LocalTransport(Settings(data_dir=tmp_path, engine="local", shards=1))
         client = EngineClient(transport)
-        sink = Sink()
+        sink = RecordingSink()
         client.open_events("gw-1", sink)
         try:
             for epoch, base, seqs in replies:
@@ -52,14 +43,14 @@ def test_overlapping_replies_deliver_each_event_once(tmp_path: Path) -> None:
     # A call reply and a poll reply can carry the same events (the poll left with an older ack).
     sink = feeds(tmp_path, [("e1", 0, [1, 2]), ("e1", 0, [1, 2, 3]), ("e1", 2, [3, 4]),
                             ("e1", 1, [2, 3]), ("e1", 4, [])])  # fmt: skip
-    assert sink.seqs == [1, 2, 3, 4]
+    assert seqs(sink) == [1, 2, 3, 4]
     assert sink.resyncs == []
 
 
 def test_a_gap_in_the_cursor_asks_for_a_resync(tmp_path: Path) -> None:
     # The shard dropped a backlog this gateway never acknowledged.
     sink = feeds(tmp_path, [("e1", 0, [1, 2]), ("e1", 5, [6, 7])])
-    assert sink.seqs == [1, 2, 6, 7]
+    assert seqs(sink) == [1, 2, 6, 7]
     assert sink.resyncs == [0]
 
 
@@ -72,5 +63,5 @@ def test_a_restarted_shard_restarts_the_cursor_and_late_old_replies_are_ignored(
         ("e1", 3, [4]),  # a reply of the old incarnation processed late
         ("e2", 0, [10, 11]),
     ])  # fmt: skip
-    assert sink.seqs == [1, 2, 3, 10, 11]
+    assert seqs(sink) == [1, 2, 3, 10, 11]
     assert sink.resyncs == [0]

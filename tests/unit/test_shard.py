@@ -6,9 +6,9 @@ behaviour (reload, history, a failing commit) runs over SqliteStore.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from engine.routing import shard_of
 from engine.session import Lifetimes, Session
 from engine.shard import GATEWAY_IDLE_S, Command, Result, Shard, ShardConfig
 from engine.store import Entry, NullStore, SqliteStore, Store
+from tests.support import until
 
 LT = Lifetimes(session_ttl_s=1000.0, delivered_ttl_s=100.0, purge_after_s=50.0, speed_kmh=30.0)
 N_SHARDS, INDEX = 4, 2
@@ -672,7 +673,7 @@ def test_a_newer_poll_releases_the_older_and_close_releases_all(h: Harness) -> N
 
     first = threading.Thread(target=poll, args=("first",))
     first.start()
-    assert until_true(lambda: "gw-a" in host._polls)
+    assert asyncio.run(until(lambda: "gw-a" in host._polls, 10))
     second = threading.Thread(target=poll, args=("second",))
     second.start()
     first.join(timeout=30)
@@ -680,12 +681,3 @@ def test_a_newer_poll_releases_the_older_and_close_releases_all(h: Harness) -> N
     host.close()
     second.join(timeout=30)
     assert done == ["first", "second"]
-
-
-def until_true(predicate: Callable[[], bool], seconds: float = 10.0) -> bool:
-    end = time.monotonic() + seconds
-    while not predicate():
-        if time.monotonic() > end:
-            return False
-        time.sleep(0.01)
-    return True
