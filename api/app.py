@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -12,26 +10,15 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api import errors, observability, pages, routes, ws
+from api.auth import TokenVerifier
 from api.gateway import Gateway
-from engine.client import EngineClient, Transport
-from engine.dispatcher import Dispatcher, Outbox
+from api.updates import LeanUpdates, Live
+from engine.runtime import connect
 from engine.settings import Settings
 
 log = logging.getLogger(__name__)
 
-
-def _transport(settings: Settings) -> tuple[Transport, Outbox]:
-    """The engine's transport, and the outbox: a Dispatcher to run here (local) or the actor's."""
-    if settings.engine == "local":
-        from engine.local_runtime import LocalTransport
-
-        return LocalTransport(settings), Dispatcher(settings)
-    from engine import ray_runtime
-
-    ray_runtime.init(settings)
-    ray_runtime.ensure_shards(settings)
-    dispatcher = ray_runtime.ensure_dispatcher(settings)
-    return ray_runtime.RayTransport(settings), ray_runtime.RayOutbox(dispatcher)
+MAX_BODY_BYTES = 64 * 1024
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -39,17 +26,12 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        transport, outbox = _transport(settings)
-        delivering = (
-            asyncio.get_running_loop().create_task(outbox.run())
-            if isinstance(outbox, Dispatcher) else None
-        )
-        app.state.outbox_counts = outbox.counts
-        app.state.outbox_dead_letters = outbox.dead_letters
-        engine = EngineClient(transport, observe=observability.observe_batch)
-        gateway = Gateway(engine, settings.ws_queue_max)
-        ops_feed = ws.OpsFeed(engine)
-        app.state.engine = engine
+        engine = await connect(settings, observe=observability.observe_batch)
+        live.engine = engine.client
+        app.state.outbox = engine.outbox
+        gateway = Gateway(engine.client, settings.ws_queue_max)
+        ops_feed = ws.OpsFeed(engine.client)
+        app.state.engine = engine.client
         app.state.gateway = gateway
         app.state.ops_feed = ops_feed
         gateway.start()
@@ -57,15 +39,9 @@ def create_app(settings: Settings) -> FastAPI:
             yield
         finally:
             await ops_feed.stop()
+            live.engine = None
             await gateway.stop()
-            if delivering is not None:
-                delivering.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await delivering
-            await outbox.close()
-            close = getattr(transport, "close", None)
-            if close is not None:
-                await close()
+            await engine.close()
 
     app = FastAPI(
         title="Delivery tracking",
@@ -74,8 +50,12 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.jwt_secret = settings.resolved_secret()
+    tokens = TokenVerifier(settings.resolved_secret())
+    app.state.tokens = tokens
+    live = Live()
     app.add_middleware(observability.RequestLogMiddleware)
+    # Added last, so outermost: location updates skip the framework (api/updates.py).
+    app.add_middleware(LeanUpdates, live=live, tokens=tokens, max_body_bytes=MAX_BODY_BYTES)
     errors.install(app)
     app.include_router(routes.router)
     app.include_router(ws.router)

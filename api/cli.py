@@ -1,4 +1,5 @@
-"""The `tracking` command: `serve`, `token`, `sim`."""
+"""The `tracking` command: `serve` and `token`; other commands (`tracking sim`) are found by
+entry point (group `tracking.commands`), so the server knows nothing of its drivers."""
 
 from __future__ import annotations
 
@@ -7,16 +8,19 @@ import logging
 import os
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
 
 from pydantic import ValidationError
 
 from api.auth import USER_ROLES, Role, mint_token
 from api.observability import configure_logging
+from engine.runtime import ClusterUnreachable, Deployment
 from engine.settings import Settings
-from engine.store import StoreError, check_data_dir
+from engine.store.base import StoreError
 
 log = logging.getLogger("tracking")
+COMMANDS_GROUP = "tracking.commands"
 
 
 def _settings() -> Settings:
@@ -36,11 +40,6 @@ def serve(args: argparse.Namespace) -> int:
 
     settings = _settings()
     try:
-        check_data_dir(settings.data_dir, settings.shards if settings.journal else 0)
-    except StoreError as e:
-        print(f"tracking: {e.detail}", file=sys.stderr)
-        return 2
-    try:
         secret = settings.resolved_secret()
     except (RuntimeError, OSError) as e:
         print(f"tracking: {e}", file=sys.stderr)
@@ -48,26 +47,27 @@ def serve(args: argparse.Namespace) -> int:
     if args.workers > 1 and settings.engine == "local":
         print("tracking: --workers > 1 needs the Ray engine (TRACKING_ENGINE=ray)", file=sys.stderr)
         return 2
-    owner = False
-    if settings.engine == "ray":
-        from engine import ray_runtime
-
-        ray_runtime.init(settings)
-        owner = not ray_runtime.shards_exist(settings)
-        ray_runtime.ensure_shards(settings)
-        # Workers join the same instance and agree on the secret.
-        os.environ["TRACKING_RAY_ADDRESS"] = ray_runtime.address()
-    os.environ["TRACKING_JWT_SECRET"] = secret
-    if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        # Workers' counters are merged from files here at /metrics.
-        metrics_dir = tempfile.mkdtemp(prefix="tracking-metrics-")
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-    uv_kwargs = {
-        "host": args.host, "port": args.port, "log_level": args.log_level, "log_config": None,
-        "ws_max_size": 1 << 20, "ws_ping_interval": 20.0, "ws_ping_timeout": 20.0,
-        "timeout_graceful_shutdown": 5, "access_log": False,
-    }
+    deployment = Deployment(settings)
     try:
+        try:
+            # Workers join the same engine and agree on the secret.
+            os.environ.update(deployment.start())
+        except (StoreError, ClusterUnreachable) as e:
+            print(f"tracking: {getattr(e, 'detail', e)}", file=sys.stderr)
+            return 2
+        os.environ["TRACKING_JWT_SECRET"] = secret
+        if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            # Workers' counters are merged from files here at /metrics.
+            metrics_dir = tempfile.mkdtemp(prefix="tracking-metrics-")
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        uv_kwargs = {
+            "host": args.host, "port": args.port, "log_level": args.log_level, "log_config": None,
+            "ws_max_size": 1 << 20, "ws_ping_interval": 20.0, "ws_ping_timeout": 20.0,
+            # Prepared frames written once for every watcher (api/wsproto.py); a compressed
+            # frame could not be shared between sockets.
+            "ws": "api.wsproto:TrackingWebSocketProtocol", "ws_per_message_deflate": False,
+            "timeout_graceful_shutdown": 5, "access_log": False,
+        }
         if args.workers > 1:
             uvicorn.run("api.app:app_from_env", factory=True, workers=args.workers, **uv_kwargs)
         else:
@@ -75,12 +75,7 @@ def serve(args: argparse.Namespace) -> int:
 
             uvicorn.run(create_app(Settings()), **uv_kwargs)
     finally:
-        if settings.engine == "ray":
-            from engine import ray_runtime
-
-            if owner:
-                ray_runtime.kill_shards(settings)
-            ray_runtime.shutdown()
+        deployment.stop()
     return 0
 
 
@@ -98,11 +93,10 @@ def token(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `tracking` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "sim":
-        from sim.cli import main as sim_main
-
-        code: int = sim_main(argv[1:])
-        return code
+    plugins = {ep.name: ep for ep in entry_points(group=COMMANDS_GROUP)}
+    if argv and argv[0] in plugins:
+        command: Callable[[list[str]], int] = plugins[argv[0]].load()
+        return command(argv[1:])
     p = argparse.ArgumentParser(prog="tracking", description="Real-time delivery tracking")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("serve", help="run the HTTP/WebSocket server")
@@ -118,7 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     t.add_argument("--role", required=True, choices=roles)
     t.add_argument("--sub", required=True)
     t.add_argument("--ttl", type=int, default=3600, help="seconds until it expires")
-    sub.add_parser("sim", help="the simulator (see `tracking sim --help`)")
+    for name, ep in sorted(plugins.items()):
+        sub.add_parser(name, help=f"see `tracking {name} --help` ({ep.value.split(':')[0]})")
     args = p.parse_args(argv)
     if args.command == "serve":
         configure_logging(args.log_level, args.log_format)

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.observability import UPDATES
-from engine import errors as e
+from engine.domain import errors as e
 
 POLICY_VIOLATION = 1008
 TRY_AGAIN_LATER = 1013
@@ -23,6 +23,7 @@ TABLE: dict[type[e.TrackingError], tuple[int, int | None]] = {
     e.NotFound: (404, POLICY_VIOLATION),
     e.Expired: (410, POLICY_VIOLATION),
     e.Conflict: (409, None),
+    e.TooLarge: (413, 1009),
     e.Unavailable: (503, TRY_AGAIN_LATER),
 }
 

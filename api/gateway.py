@@ -1,121 +1,152 @@
 """This process's WebSocket gateway: local sockets, one engine watch per session, fan-out.
 
 Events arrive through the engine client's event channel (on the replies of this process's own
-calls, and on one long-poll per shard for the rest); each message was encoded once by the shard
-and is decoded once here, then offered to every local socket watching that session. Each socket
-has its own bounded queue and writer task, so a slow socket never delays the session or the
-other watchers. When a queue is full, the oldest *location updates* in it are dropped (the
-client sees the `seq` gap); status changes are never dropped, and a socket whose queue is full
-of them is closed with 1013.
+calls, and on one long-poll per shard for the rest), each message encoded once by the shard. The
+gateway frames each event once (`api.wsproto.prepare_text`) and writes that same frame to every
+local socket watching the session, synchronously: no task, future or await per socket per
+message. A socket's backpressure is its transport's write buffer: while it is past its high-water
+mark, the socket's messages wait in its own bounded queue, flushed when the buffer drains. A slow
+socket never delays the session or the other watchers. When its queue is full, its oldest
+*location update* is dropped (the client sees the `seq` gap); status changes are never dropped,
+and a socket whose queue is full of them, or whose buffer stays full for `STALL_S`, is closed
+with 1013.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Coroutine
 
-import orjson
-
+from api.errors import POLICY_VIOLATION, TRY_AGAIN_LATER
 from api.observability import EVENT_LATENCY, FANNED_OUT, QUEUE_DROPS, SLOW_CLOSES
+from api.wsproto import FrameSink, prepare_text
 from engine.client import EngineClient
-from engine.errors import Expired, TrackingError
-from engine.shard import EXPIRED_MESSAGE, Event
+from engine.domain.errors import Expired, TrackingError
+from engine.protocol import (
+    EXPIRED_MESSAGE,
+    SESSION_EXPIRED,
+    Event,
+    EventKind,
+    Watched,
+    initial_state,
+    location_update,
+)
 
 log = logging.getLogger(__name__)
 
-SEND_TIMEOUT_S = 30.0
-TOO_SLOW = 1013
-EXPIRED = 1008
+# A socket whose write buffer stays past its high-water mark this long is closed with 1013.
+STALL_S = 30.0
+STALL_CHECK_S = 1.0
+TOO_SLOW_REASON = "watcher too slow"
 
-SendText = Callable[[str], Awaitable[None]]
-Close = Callable[[int, str], Awaitable[None]]
+
+class Out(enum.Enum):
+    """What a held message is."""
+
+    LOCATION = 1  # location_update: the one kind that may be conflated
+    STATUS = 2  # status_change
+    EXPIRED = 3  # the expiry error; then a 1008 close
+
+
+_OUT = {EventKind.LOCATION: Out.LOCATION, EventKind.STATUS: Out.STATUS,
+        EventKind.EXPIRED: Out.EXPIRED}  # fmt: skip
+_EXPIRED_FRAME = prepare_text(EXPIRED_MESSAGE)
 
 
 class Watcher:
     """One local socket watching one session."""
 
-    def __init__(self, tracking_id: str, send: SendText, close: Close, maxlen: int) -> None:
-        self.tracking_id = tracking_id
-        self._send = send
-        self._close = close
-        self.maxlen = maxlen
-        self.queue: deque[tuple[str, int, str]] = deque()
-        self.min_seq: int | None = None  # None until initial_state was sent
-        self.wakeup = asyncio.Event()
-        self.closed = False
-        self.dropped = 0
-        self.task: asyncio.Task[None] | None = None
+    __slots__ = ("closed", "held", "maxlen", "min_seq", "sink", "stalled_since", "tracking_id")
 
-    def offer(self, kind: str, seq: int, text: str) -> None:
+    def __init__(self, tracking_id: str, sink: FrameSink, maxlen: int) -> None:
+        self.tracking_id = tracking_id
+        self.sink = sink
+        self.maxlen = maxlen
+        self.held: deque[tuple[Out, int, bytes]] = deque()  # waiting for the buffer to drain
+        self.min_seq: int | None = None  # None until initial_state was written
+        self.closed = False
+        self.stalled_since: float | None = None
+
+    def offer(self, kind: Out, seq: int, frame: bytes) -> None:
+        """A prepared frame for this socket: written now, or held while the socket is slow."""
         if self.closed:
             return
-        if self.min_seq is not None and seq <= self.min_seq and kind != "x":
+        min_seq = self.min_seq
+        if min_seq is not None and seq <= min_seq and kind is not Out.EXPIRED:
+            return  # initial_state already showed it
+        if min_seq is None or self.held or not self.sink.ready:
+            self._hold(kind, seq, frame)
             return
-        q = self.queue
+        self.sink.write(frame)
+        if kind is Out.EXPIRED:
+            self.close(POLICY_VIOLATION, SESSION_EXPIRED)
+
+    def _hold(self, kind: Out, seq: int, frame: bytes) -> None:
+        q = self.held
         if len(q) >= self.maxlen:
             for i, item in enumerate(q):
-                if item[0] == "u":
+                if item[0] is Out.LOCATION:
                     del q[i]
-                    self.dropped += 1
                     QUEUE_DROPS.inc()
                     break
             else:
                 SLOW_CLOSES.inc()
-                self.queue.clear()
-                self.queue.append(("!", 0, "watcher too slow"))
-        q.append((kind, seq, text))
-        self.wakeup.set()
+                self.close(TRY_AGAIN_LATER, TOO_SLOW_REASON)
+                return
+        q.append((kind, seq, frame))
+        if self.min_seq is not None:
+            self._wait_for_drain()
 
-    def start(self, initial: dict[str, Any]) -> None:
-        self.min_seq = int(initial["seq"])
-        text = orjson.dumps({"type": "initial_state", "data": initial}).decode()
-        self.queue = deque(
-            item for item in self.queue if item[0] == "x" or item[1] > self.min_seq
-        )
-        self.queue.appendleft(("i", self.min_seq, text))
-        self.wakeup.set()
-        self.task = asyncio.get_running_loop().create_task(self._write())
+    def _wait_for_drain(self) -> None:
+        if self.stalled_since is None:
+            self.stalled_since = time.monotonic()
+        self.sink.on_drain(self.flush)
 
-    async def send_now(self, text: str) -> None:
-        """Out-of-band replies (pong, error) go straight to the socket."""
-        if not self.closed:
-            await self._send(text)
+    def start(self, watched: Watched) -> None:
+        """Write initial_state, then what arrived meanwhile and is newer."""
+        self.min_seq = watched.seq
+        self.sink.write(prepare_text(initial_state(watched.view)))
+        held, self.held = self.held, deque()
+        for kind, seq, frame in held:
+            self.offer(kind, seq, frame)
 
-    async def _write(self) -> None:
-        try:
-            while not self.closed:
-                await self.wakeup.wait()
-                self.wakeup.clear()
-                while self.queue and not self.closed:
-                    kind, _seq, text = self.queue.popleft()
-                    if kind == "!":
-                        await self.close(TOO_SLOW, text)
-                        return
-                    await asyncio.wait_for(self._send(text), SEND_TIMEOUT_S)
-                    if kind == "x":
-                        await self.close(EXPIRED, "Tracking session expired")
-                        return
-        except asyncio.CancelledError:
-            pass
-        except TimeoutError:
-            log.info("closing watcher of %s: send timed out", self.tracking_id)
-            await self.close(TOO_SLOW, "watcher too slow")
-        except Exception as e:  # the peer went away mid-send (WebSocketDisconnect, OSError)
-            log.debug("watcher of %s gone: %s", self.tracking_id, type(e).__name__)
+    def flush(self) -> None:
+        """The buffer drained (or the socket went away): write what was held, in order."""
+        sink, q = self.sink, self.held
+        if not sink.open:
             self.closed = True
+            q.clear()
+            return
+        while q and sink.ready:
+            kind, _, frame = q.popleft()
+            sink.write(frame)
+            if kind is Out.EXPIRED:
+                self.close(POLICY_VIOLATION, SESSION_EXPIRED)
+                return
+        if q:
+            self.sink.on_drain(self.flush)
+        else:
+            self.stalled_since = None
 
-    async def close(self, code: int, reason: str) -> None:
+    def reply(self, frame: bytes) -> None:
+        """A direct reply (pong, error) to this socket's client, ahead of anything held."""
+        if not self.closed:
+            self.sink.write(frame)
+
+    def close(self, code: int, reason: str) -> None:
         if self.closed:
             return
         self.closed = True
+        self.held.clear()
+        self.sink.on_drain(None)
         with contextlib.suppress(Exception):
-            await self._close(code, reason)
+            self.sink.close(code, reason)
 
 
 class Gateway:
@@ -137,6 +168,12 @@ class Gateway:
 
     def start(self) -> None:
         self.engine.open_events(self.id, self)
+        self._spawn(self._close_stalled())
+
+    def _spawn(self, coro: Coroutine[object, object, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def stop(self) -> None:
         await self.engine.close_events()
@@ -147,25 +184,24 @@ class Gateway:
                 await t
         for watchers in list(self.subs.values()):
             for w in list(watchers):
-                await w.close(1001, "server shutting down")
+                w.close(1001, "server shutting down")
 
-    async def attach(self, tracking_id: str, send: SendText, close: Close) -> Watcher:
+    async def attach(self, tracking_id: str, sink: FrameSink) -> Watcher:
         """Watch a session from a new socket; raises the engine's error when it cannot."""
-        w = Watcher(tracking_id, send, close, self.queue_max)
+        w = Watcher(tracking_id, sink, self.queue_max)
         self.subs.setdefault(tracking_id, set()).add(w)
         self._watchers += 1
         try:
-            view = await self.engine.watch(tracking_id, self.id)
+            watched = await self.engine.watch(tracking_id, self.id)
         except BaseException:
             await self.detach(w)
             raise
-        w.start(view)
+        w.start(watched)
         return w
 
     async def detach(self, w: Watcher) -> None:
         w.closed = True
-        if w.task is not None and w.task is not asyncio.current_task():
-            w.task.cancel()
+        w.sink.on_drain(None)
         subs = self.subs.get(w.tracking_id)
         if subs is None or w not in subs:
             return
@@ -176,7 +212,35 @@ class Gateway:
             with contextlib.suppress(TrackingError):
                 await self.engine.unwatch(w.tracking_id, self.id)
 
+    async def _close_stalled(self) -> None:
+        while True:
+            await asyncio.sleep(STALL_CHECK_S)
+            limit = time.monotonic() - STALL_S
+            for watchers in list(self.subs.values()):
+                for w in list(watchers):
+                    if w.stalled_since is not None and w.stalled_since < limit:
+                        log.info("closing a watcher of %s: its socket stayed full", w.tracking_id)
+                        SLOW_CLOSES.inc()
+                        w.close(TRY_AGAIN_LATER, TOO_SLOW_REASON)
+
     # -- the engine's event channel (engine.client.EventSink) -----------------------------------
+    def deliver(self, events: list[Event]) -> None:
+        sent = 0
+        now = time.time()
+        for event in events:
+            watchers = self.subs.get(event.tracking_id)
+            if not watchers:
+                continue
+            EVENT_LATENCY.observe(max(0.0, now - event.at))
+            frame = prepare_text(event.frame)  # once per process, whatever the watchers
+            kind = _OUT[event.kind]
+            seq = event.seq
+            for w in watchers:
+                w.offer(kind, seq, frame)
+            sent += len(watchers)
+        if sent:
+            FANNED_OUT.inc(sent)
+
     def resync(self, shard: int) -> None:
         """A restarted shard (or one that dropped our backlog) lost our watches: watch again and
         push the current state, so no socket silently misses a change."""
@@ -184,9 +248,7 @@ class Gateway:
             self._resyncing[shard] = True  # run once more when the current pass ends
             return
         self._resyncing[shard] = False
-        task = asyncio.get_running_loop().create_task(self._resync_until_done(shard))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(self._resync_until_done(shard))
 
     async def _resync_until_done(self, shard: int) -> None:
         try:
@@ -198,32 +260,17 @@ class Gateway:
         finally:
             self._resyncing.pop(shard, None)
 
-    def deliver(self, events: list[Event]) -> None:
-        sent = 0
-        now = time.time()
-        for tid, kind, seq, msg, at in events:
-            watchers = self.subs.get(tid)
-            if not watchers:
-                continue
-            EVENT_LATENCY.observe(max(0.0, now - at))
-            text = msg.decode()
-            for w in watchers:
-                w.offer(kind, seq, text)
-            sent += len(watchers)
-        if sent:
-            FANNED_OUT.inc(sent)
-
     async def _resync(self, shard: int) -> None:
         for tid in [t for t in self.subs if self.engine.shard_for(t) == shard]:
             try:
-                view = await self.engine.watch(tid, self.id)
+                watched = await self.engine.watch(tid, self.id)
             except Expired:
                 for w in list(self.subs.get(tid, ())):
-                    w.offer("x", 0, EXPIRED_MESSAGE.decode())
+                    w.offer(Out.EXPIRED, 0, _EXPIRED_FRAME)
                 continue
             except TrackingError as e:
                 log.info("resync of %s: %s", tid, e.detail)
                 continue
-            text = orjson.dumps({"type": "location_update", "data": view}).decode()
+            frame = prepare_text(location_update(watched.view))
             for w in list(self.subs.get(tid, ())):
-                w.offer("u", int(view["seq"]), text)
+                w.offer(Out.LOCATION, watched.seq, frame)

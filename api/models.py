@@ -6,13 +6,14 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from engine.status import Status
+from engine.domain.status import Status
+from engine.protocol import ID_MAX
 
 Lat = Annotated[float, Field(ge=-90, le=90, allow_inf_nan=False, strict=True,
                              description="Latitude in degrees, [-90, 90]")]
 Lng = Annotated[float, Field(ge=-180, le=180, allow_inf_nan=False, strict=True,
                              description="Longitude in degrees, [-180, 180]")]
-Ident = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f]+$")]
+Ident = Annotated[str, Field(min_length=1, max_length=ID_MAX, pattern=r"^[^\x00-\x1f]+$")]
 
 
 class StartRequest(BaseModel):

@@ -17,6 +17,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, Response
 from starlette.staticfiles import StaticFiles
 
+from engine.protocol import ID_MAX
 from engine.settings import Settings
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -25,7 +26,7 @@ STATIC_DIR = Path(__file__).parent / "static"
 _ASSET_SUFFIXES = frozenset({".js", ".css", ".svg", ".png", ".ico"})
 # Ids are `TRK-` + url-safe characters; anything else cannot name a session, and refusing it
 # keeps odd bytes out of the page before escaping even matters.
-_TRACKING_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+_TRACKING_ID = re.compile(rf"[A-Za-z0-9_-]{{1,{ID_MAX}}}")
 
 router = APIRouter(include_in_schema=False)
 _static = StaticFiles(directory=STATIC_DIR)

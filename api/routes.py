@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Any
 
-import orjson
+import msgspec
 from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 
-from api.auth import CurrentPrincipal, MaybePrincipal, Principal, Role, require_roles
+from api import asyncapi as asyncapi_doc
+from api.auth import CurrentPrincipal, MaybePrincipal, Role, require_roles
 from api.models import (
     DeadLetters,
     ErrorBody,
@@ -20,19 +21,26 @@ from api.models import (
     TrackingView,
     UpdateRequest,
 )
-from api.observability import UPDATES, event_log, render
+from api.observability import event_log, render
+from api.updates import apply_update
 from engine.client import EngineClient
-from engine.errors import Forbidden, NotFound, TrackingError
+from engine.dispatcher import Outbox
+from engine.domain.errors import Forbidden, NotFound, TrackingError
+from engine.protocol import ID_MAX, LocationReport, PlatformStats, decode_view
 
 router = APIRouter()
 
-MAX_ID = 128
 HEALTH_TIMEOUT_S = 5.0
 
 
 def _engine(request: Request) -> EngineClient:
     engine: EngineClient = request.app.state.engine
     return engine
+
+
+def _outbox(request: Request) -> Outbox:
+    outbox: Outbox = request.app.state.outbox
+    return outbox
 
 
 def _json(body: bytes, status: int = 200) -> Response:
@@ -48,7 +56,7 @@ TrackingId = Annotated[str, Path(description="The tracking id (TRK-...)")]
 
 
 def _check_id(tracking_id: str) -> None:
-    if len(tracking_id) > MAX_ID:
+    if len(tracking_id) > ID_MAX:
         raise NotFound("Tracking session not found")
 
 
@@ -64,13 +72,13 @@ async def start_tracking(
         principal.role is Role.RIDER and principal.sub == body.rider_id
     ):
         raise Forbidden("Only the rider named in the body or a superadmin may start tracking")
-    view = await _engine(request).start_json(
+    view = await _engine(request).start(
         body.order_id, body.rider_id, body.dropoff_lat, body.dropoff_lng, body.phone
     )
     event_log.info("tracking started", extra={"fields": {
         "request_id": getattr(request.state, "request_id", None),
         "order_id": body.order_id, "rider_id": body.rider_id,
-        "tracking_id": orjson.loads(view)["tracking_id"],
+        "tracking_id": decode_view(view).tracking_id,
         "principal": f"{principal.role}:{principal.sub}",
     }})
     return _json(view, 201)
@@ -78,26 +86,17 @@ async def start_tracking(
 
 @router.post(
     "/tracking/update/{tracking_id}", response_model=TrackingView,
-    responses=_errors(401, 403, 404, 409, 410, 422),
+    responses=_errors(401, 403, 404, 409, 410, 413, 422),
 )
 async def update_tracking(
     tracking_id: TrackingId, body: UpdateRequest, principal: CurrentPrincipal, request: Request
 ) -> Response:
-    """Report a location (and optionally the next status); the session's rider or a superadmin."""
-    _check_id(tracking_id)
-    if not principal.is_admin and principal.role is not Role.RIDER:
-        raise Forbidden("Only the session's rider or a superadmin may update it")
-    status = body.status.value if body.status is not None else None
-    try:
-        view = await _engine(request).update_json(
-            tracking_id, body.lat, body.lng, status, None if principal.is_admin else principal.sub
-        )
-    except TrackingError as e:
-        UPDATES.labels("http", e.code).inc()
-        raise
-    UPDATES.labels("http", "accepted").inc()
-    if status is not None:
-        log_status(tracking_id, status, principal, "http")
+    """Report a location (and optionally the next status); the session's rider or a superadmin.
+
+    Served by `api.updates.LeanUpdates` in front of the framework; this declaration is its
+    OpenAPI description, and serves the same updates when that front door is not installed."""
+    report = LocationReport(body.lat, body.lng, body.status)
+    view = await apply_update(_engine(request), tracking_id, report, principal, "http")
     return _json(view)
 
 
@@ -109,16 +108,16 @@ async def rider_tracking(
     rider_id: Annotated[str, Path(description="The rider id")],
     principal: CurrentPrincipal,
     request: Request,
-) -> dict[str, Any]:
+) -> Response:
     """The rider's newest live session; that rider, a merchant or a superadmin."""
     allowed = principal.role in (Role.MERCHANT, Role.SUPERADMIN) or (
         principal.role is Role.RIDER and principal.sub == rider_id
     )
     if not allowed:
         raise Forbidden("Only that rider, a merchant or a superadmin may read this")
-    if len(rider_id) > MAX_ID:
-        raise NotFound(f"Rider has no live tracking session (ids are at most {MAX_ID} characters)")
-    return await _engine(request).rider_session(rider_id)
+    if len(rider_id) > ID_MAX:
+        raise NotFound(f"Rider has no live tracking session (ids are at most {ID_MAX} characters)")
+    return _json(await _engine(request).rider_session(rider_id))
 
 
 @router.get(
@@ -129,7 +128,7 @@ async def get_tracking(
 ) -> Response:
     """The public view of one session (no token needed; a token sent must be valid)."""
     _check_id(tracking_id)
-    return _json(await _engine(request).get_json(tracking_id))
+    return _json(await _engine(request).get(tracking_id))
 
 
 @router.get(
@@ -141,31 +140,32 @@ async def tracking_history(
     _principal: MaybePrincipal,
     since_seq: Annotated[int, Query(ge=0, le=2**62)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 500,
-) -> dict[str, Any]:
+) -> Response:
     """Accepted locations and status changes after `since_seq`, oldest first, paged."""
     _check_id(tracking_id)
-    engine = _engine(request)
-    await engine.get(tracking_id)  # 404 / 410 as for the view
-    items = await engine.history(tracking_id, since_seq, limit + 1)
+    items = await _engine(request).history(tracking_id, since_seq, limit + 1)
     more = len(items) > limit
     items = items[:limit]
-    return {
+    page = {
         "tracking_id": tracking_id,
         "items": items,
-        "next_since_seq": items[-1]["seq"] if more and items else None,
+        "next_since_seq": items[-1].seq if more and items else None,
     }
+    return _json(msgspec.json.encode(page))
 
 
 @router.get(
     "/stats/tracking", response_model=Stats, responses=_errors(401, 403),
     dependencies=[require_roles(Role.SUPERADMIN)],
 )
-async def stats(request: Request) -> dict[str, Any]:
+async def stats(request: Request) -> Response:
     """Platform statistics over live sessions; superadmin only."""
+    return _json(msgspec.json.encode(await _platform_stats(request)))
+
+
+async def _platform_stats(request: Request) -> PlatformStats:
     out = await _engine(request).stats()
-    outbox = getattr(request.app.state, "outbox_counts", None)
-    if outbox is not None:
-        out["outbox"] = await outbox()
+    out.outbox = await _outbox(request).counts()
     return out
 
 
@@ -178,37 +178,39 @@ async def dead_letters(
 ) -> dict[str, Any]:
     """Calls to the order/notification services that were refused (4xx) or ran out of
     attempts, newest first; superadmin only."""
-    fetch = getattr(request.app.state, "outbox_dead_letters", None)
-    items = await fetch(limit) if fetch is not None else []
-    return {"items": items}
+    return {"items": await _outbox(request).dead_letters(limit)}
+
+
+@router.get("/asyncapi.json", include_in_schema=False)
+async def asyncapi(request: Request) -> Response:
+    """The AsyncAPI document of the WebSocket channels (the counterpart of /openapi.json)."""
+    doc: bytes | None = getattr(request.app.state, "asyncapi", None)
+    if doc is None:
+        doc = request.app.state.asyncapi = msgspec.json.encode(
+            asyncapi_doc.build(request.app.version)
+        )
+    return _json(doc)
 
 
 @router.get("/metrics", include_in_schema=False)
 async def metrics(request: Request) -> Response:
     """Prometheus exposition: this service's counters plus engine-wide gauges."""
     try:
-        engine_stats: dict[str, Any] | None = await stats(request)
+        engine_stats: dict[str, Any] | None = msgspec.to_builtins(await _platform_stats(request))
     except TrackingError:
         engine_stats = None
     body, content_type = render(engine_stats)
     return Response(body, media_type=content_type)
 
 
-def log_status(tracking_id: str, status: str, principal: Principal, channel: str) -> None:
-    """A state-change log line: a status reported with an accepted update."""
-    event_log.info("status reported", extra={"fields": {
-        "tracking_id": tracking_id, "status": status, "channel": channel,
-        "principal": f"{principal.role}:{principal.sub}",
-    }})
-
-
 @router.get("/health", response_model=Health, responses={503: {"model": Health}})
 async def health(request: Request, response: Response) -> Any:
-    """200 while every shard of the engine answers; 503 otherwise."""
+    """200 while every shard of the engine answers and can write its store; 503 otherwise,
+    with the reason."""
     engine = _engine(request)
     base = {"engine": request.app.state.settings.engine, "shards": engine.n_shards}
     try:
-        await asyncio.wait_for(engine.ping(), HEALTH_TIMEOUT_S)
+        await asyncio.wait_for(engine.ping(writable=True), HEALTH_TIMEOUT_S)
     except TrackingError as e:
         return JSONResponse({"status": "unavailable", "detail": e.detail, **base}, 503)
     except TimeoutError:

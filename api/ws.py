@@ -5,30 +5,36 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
 
-import orjson
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
-from pydantic import ValidationError
 
-from api.auth import Principal, Role, decode_token
-from api.errors import POLICY_VIOLATION, close_code, describe_validation
+from api.auth import Principal, Role, TokenVerifier
+from api.errors import POLICY_VIOLATION, close_code
 from api.gateway import Gateway
-from api.models import UpdateRequest
 from api.observability import UPDATES
-from api.routes import log_status
+from api.updates import apply_update
+from api.wsproto import EXTENSION, AsgiFrameSink, FrameSink, prepare_text
 from engine.client import EngineClient
-from engine.errors import Forbidden, TrackingError
+from engine.domain.errors import Forbidden, TrackingError
+from engine.protocol import (
+    ID_MAX,
+    PONG,
+    BadMessage,
+    ClientPing,
+    ReportLocation,
+    error,
+    ops_snapshot,
+    read_client_message,
+)
 
 log = logging.getLogger(__name__)
 router = APIRouter()
 
-PONG = '{"type":"pong"}'
-MAX_ID = 128
+_PONG = PONG.decode()
 
 
 def _error(message: str) -> str:
-    return orjson.dumps({"type": "error", "message": message}).decode()
+    return error(message).decode()
 
 
 async def _refuse(ws: WebSocket, message: str) -> None:
@@ -43,7 +49,8 @@ def _principal(ws: WebSocket) -> Principal | None:
     token = ws.query_params.get("token")
     if not token:
         return None
-    return decode_token(ws.app.state.jwt_secret, token)
+    tokens: TokenVerifier = ws.app.state.tokens
+    return tokens.verify(token)
 
 
 @router.websocket("/ws/tracking/{tracking_id}")
@@ -55,17 +62,19 @@ async def watch(ws: WebSocket, tracking_id: str) -> None:
     except TrackingError as e:
         await _refuse(ws, e.detail)
         return
-    if len(tracking_id) > MAX_ID:
+    if len(tracking_id) > ID_MAX:
         await _refuse(ws, "Tracking session not found")
         return
     await ws.accept()
-
-    async def close(code: int, reason: str) -> None:
-        await ws.close(code, reason)
-
+    sink: FrameSink | None = ws.scope["extensions"].get(EXTENSION)
+    fallback = None
+    if sink is None:  # not under `tracking serve`'s protocol: plain ASGI messages
+        sink = fallback = AsgiFrameSink(ws.send_text, ws.close)
     try:
-        watcher = await gateway.attach(tracking_id, ws.send_text, close)
+        watcher = await gateway.attach(tracking_id, sink)
     except TrackingError as e:
+        if fallback is not None:
+            fallback.stop()
         with contextlib.suppress(Exception):
             await ws.send_text(_error(e.detail))
             await ws.close(close_code(e) or POLICY_VIOLATION, e.detail[:120])
@@ -82,57 +91,51 @@ async def watch(ws: WebSocket, tracking_id: str) -> None:
             if text is None:
                 continue
             if len(text) > limit:
-                await watcher.send_now(_error(f"message too large (limit {limit} bytes)"))
+                watcher.reply(prepare_text(error(f"message too large (limit {limit} bytes)")))
                 continue
             reply = await _handle(text, tracking_id, principal, engine)
             if reply is not None:
-                await watcher.send_now(reply)
+                watcher.reply(prepare_text(reply))
     except (WebSocketDisconnect, RuntimeError, OSError):
         pass
     finally:
         await gateway.detach(watcher)
+        if fallback is not None:
+            fallback.stop()
 
 
 async def _handle(
     text: str, tracking_id: str, principal: Principal | None, engine: EngineClient
-) -> str | None:
+) -> bytes | None:
     """One client message; returns the direct reply, if any (updates reach all via fan-out)."""
+    msg: ReportLocation | ClientPing | None = None
     try:
-        msg = orjson.loads(text)
-    except orjson.JSONDecodeError:
-        return _error("message is not valid JSON")
-    if not isinstance(msg, dict):
-        return _error("message must be a JSON object with a 'type'")
-    kind = msg.get("type")
-    if kind == "ping":
+        msg = read_client_message(text)
+    except BadMessage as e:
+        if not e.report:
+            return error(str(e))
+        if _may_report(principal):
+            UPDATES.labels("ws", "invalid").inc()
+            return error(str(e))
+        # An invalid report from someone who may not report at all: say that instead.
+    if isinstance(msg, ClientPing):
         return PONG
-    if kind != "location_update":
-        return _error(f"unknown message type {str(kind)[:40]!r}; expected location_update or ping")
     if principal is None:
-        return _error("not authorised: connect with ?token=<rider or superadmin token> to report")
-    if not principal.is_admin and principal.role is not Role.RIDER:
-        return _error("not authorised: only the session's rider or a superadmin may update it")
+        return error("not authorised: connect with ?token=<rider or superadmin token> to report")
+    if not _may_report(principal):
+        return error("not authorised: only the session's rider or a superadmin may update it")
+    assert isinstance(msg, ReportLocation)
     try:
-        body = UpdateRequest.model_validate(msg.get("location"))
-    except ValidationError as e:
-        UPDATES.labels("ws", "invalid").inc()
-        return _error("invalid update: " + describe_validation(list(e.errors())))
-    status = body.status.value if body.status is not None else None
-    try:
-        await engine.update_json(
-            tracking_id, body.lat, body.lng, status,
-            None if principal.is_admin else principal.sub,
-        )
+        await apply_update(engine, tracking_id, msg.location, principal, "ws")
     except Forbidden:
-        UPDATES.labels("ws", "forbidden").inc()
-        return _error("not authorised: only the session's rider or a superadmin may update it")
+        return error("not authorised: only the session's rider or a superadmin may update it")
     except TrackingError as e:
-        UPDATES.labels("ws", e.code).inc()
-        return _error(e.detail)
-    UPDATES.labels("ws", "accepted").inc()
-    if status is not None:
-        log_status(tracking_id, status, principal, "ws")
+        return error(e.detail)
     return None
+
+
+def _may_report(principal: Principal | None) -> bool:
+    return principal is not None and (principal.is_admin or principal.role is Role.RIDER)
 
 
 @router.websocket("/ws/ops")
@@ -163,7 +166,7 @@ async def ops_feed(ws: WebSocket) -> None:
             if raw["type"] == "websocket.disconnect":
                 break
             if raw.get("text") and '"ping"' in raw["text"]:
-                await ws.send_text(PONG)
+                await ws.send_text(_PONG)
     except (WebSocketDisconnect, RuntimeError, OSError):
         pass
     finally:
@@ -195,11 +198,8 @@ class OpsFeed:
     async def _run(self) -> None:
         while self.queues:
             try:
-                sessions = await self.engine.snapshot(self.limit)
-                stats: dict[str, Any] = await self.engine.stats()
-                text = orjson.dumps(
-                    {"type": "ops_snapshot", "data": {"sessions": sessions, "stats": stats}}
-                ).decode()
+                stats, sessions = await self.engine.overview(self.limit)
+                text = ops_snapshot(sessions, stats).decode()
                 for q in list(self.queues):
                     if q.full():
                         with contextlib.suppress(asyncio.QueueEmpty):

@@ -17,21 +17,49 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Generic, Protocol, TypeVar
 
-import orjson
-
-from engine.errors import NotFound, TrackingError, Unavailable, from_wire
-from engine.routing import shard_of
-from engine.shard import Channel, Command, Event, Feed, Result
-from engine.stats import merge_stats
+from engine.domain.errors import NotFound, TrackingError, Unavailable, from_wire
+from engine.domain.routing import shard_of
+from engine.domain.stats import SessionCounts
+from engine.domain.status import Status
+from engine.domain.view import HistoryItem
+from engine.protocol import (
+    AnyCommand,
+    CallReply,
+    Channel,
+    Event,
+    Feed,
+    Get,
+    HistoryPage,
+    HistoryQuery,
+    Ok,
+    OpsDot,
+    Ping,
+    PlatformStats,
+    Reply,
+    Result,
+    RiderHit,
+    RiderLookup,
+    ShardStats,
+    Start,
+    StatsQuery,
+    Unwatch,
+    Update,
+    Watch,
+    Watched,
+)
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MAX_BATCH = 2000
 # A shard that does not answer a batch in this long is treated as down for that batch: its
 # callers get Unavailable (503) instead of hanging. (Whether it applied the batch is unknown.)
 CALL_TIMEOUT_S = 30.0
+# Idle polls return this often; each carries this process's socket count to the shards, so
+# statistics of connections in every process are at most this stale.
+POLL_TIMEOUT_S = 2.0
 
 
 class Transport(Protocol):
@@ -40,19 +68,17 @@ class Transport(Protocol):
     n_shards: int
 
     async def call(
-        self, shard: int, commands: Sequence[Command], channel: Channel | None
-    ) -> tuple[list[Result], Feed | None]:
+        self, shard: int, commands: Sequence[AnyCommand], channel: Channel | None
+    ) -> CallReply:
         """Apply `commands`; with a channel, also return the events queued for that gateway."""
 
-    async def poll(
-        self, shard: int, gateway: str, ack: int, connections: int, timeout_s: float
-    ) -> tuple[str, int, list[Event]]: ...
+    async def poll(self, shard: int, channel: Channel, timeout_s: float) -> Feed:
+        """The gateway's events after its cursor, waiting up to `timeout_s` for the first."""
+
+    async def close(self) -> None: ...
 
 
 BatchObserver = Callable[[int, int, float], None]  # (shard, batch size, seconds)
-# Idle polls return this often; each carries this process's socket count to the shards, so
-# statistics of connections in every process are at most this stale.
-POLL_TIMEOUT_S = 2.0
 
 
 class EventSink(Protocol):
@@ -67,6 +93,71 @@ class EventSink(Protocol):
     @property
     def connections(self) -> int:
         """Sockets of this process, reported to the shards for statistics."""
+
+
+def _expect(kind: type[T]) -> Callable[[Reply], T]:
+    """A check that a command's reply has the type its command promises."""
+
+    def take(value: Reply) -> T:
+        if isinstance(value, kind):
+            return value
+        raise TypeError(f"expected {kind.__name__} from the shard, got {type(value).__name__}")
+
+    return take
+
+
+def _newest(hit: RiderHit) -> tuple[float, str]:
+    return hit.started_at, hit.tracking_id
+
+
+def _nothing(value: Reply) -> None:
+    return None
+
+
+def _rider_hit(value: Reply) -> RiderHit | None:
+    return value if isinstance(value, RiderHit) else None
+
+
+_bytes = _expect(bytes)
+_int = _expect(int)
+_watched = _expect(Watched)
+_shard_stats = _expect(ShardStats)
+_history = _expect(HistoryPage)
+
+
+class _Call(Generic[T]):
+    """A command waiting in a lane, and the future its caller awaits."""
+
+    __slots__ = ("cmd", "fut", "take")
+
+    def __init__(self, cmd: AnyCommand, fut: asyncio.Future[T], take: Callable[[Reply], T]):
+        self.cmd = cmd
+        self.fut = fut
+        self.take = take
+
+    def settle(self, result: Result) -> None:
+        if self.fut.done():
+            return
+        if isinstance(result, Ok):
+            try:
+                self.fut.set_result(self.take(result.value))
+            except TypeError as e:
+                self.fut.set_exception(TrackingError(f"internal error: {e}"))
+        else:
+            self.fut.set_exception(from_wire(result.code, result.detail))
+
+    def fail(self, err: TrackingError) -> None:
+        if not self.fut.done():
+            self.fut.set_exception(err)
+
+
+class _Pending(Protocol):
+    @property
+    def cmd(self) -> AnyCommand: ...
+
+    def settle(self, result: Result) -> None: ...
+
+    def fail(self, err: TrackingError) -> None: ...
 
 
 class _Cursor:
@@ -88,16 +179,17 @@ class _Lane:
         self.transport = client.transport
         self.shard = shard
         self.observe = observe
-        self.pending: list[tuple[Command, asyncio.Future[Any], bool]] = []
+        self.pending: list[_Pending] = []
         self.busy = False
+        self._task: asyncio.Task[None] | None = None
 
-    def submit(self, cmd: Command, decode: bool) -> asyncio.Future[Any]:
-        """Queue `cmd`; `decode` turns a JSON-encoded result into Python objects."""
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.pending.append((cmd, fut, decode))
+    def submit(self, cmd: AnyCommand, take: Callable[[Reply], T]) -> asyncio.Future[T]:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[T] = loop.create_future()
+        self.pending.append(_Call(cmd, fut, take))
         if not self.busy:
             self.busy = True
-            asyncio.get_running_loop().create_task(self._drain())
+            self._task = loop.create_task(self._drain())
         return fut
 
     async def _drain(self) -> None:
@@ -111,39 +203,36 @@ class _Lane:
                     # asyncio.timeout, not wait_for: no task per call, so the call leaves now
                     # rather than after everything else ready on the loop.
                     async with asyncio.timeout(CALL_TIMEOUT_S):
-                        results, feed = await self.transport.call(
-                            self.shard, [c for c, _, _ in batch], self.client.channel(self.shard)
+                        reply = await self.transport.call(
+                            self.shard, [p.cmd for p in batch], self.client.channel(self.shard)
                         )
                 except TrackingError as e:
-                    for _, f, _ in batch:
-                        if not f.done():
-                            f.set_exception(from_wire(*e.to_wire()))
+                    for p in batch:
+                        p.fail(from_wire(e.code, e.detail))
                     continue
                 except Exception as e:
                     log.warning("shard %d call failed: %s", self.shard, e)
-                    for _, f, _ in batch:
-                        if not f.done():
-                            f.set_exception(Unavailable(
-                                "The tracking engine is restarting a shard; retry shortly"))
+                    for p in batch:
+                        p.fail(Unavailable(
+                            "The tracking engine is restarting a shard; retry shortly"))
                     continue
-                if feed is not None:
-                    self.client.feed(self.shard, feed)
+                if reply.feed is not None:
+                    self.client.feed(self.shard, reply.feed)
                 if self.observe is not None:
                     self.observe(self.shard, len(batch), loop.time() - t0)
-                for (_, f, decode), r in zip(batch, results, strict=True):
-                    if f.done():
-                        continue
-                    if r[0] == "ok":
-                        value = r[1]
-                        f.set_result(orjson.loads(value) if decode and value is not None else value)
-                    else:
-                        f.set_exception(from_wire(r[1], r[2]))
+                for p, r in zip(batch, reply.results, strict=True):
+                    p.settle(r)
         finally:
             self.busy = False
 
 
 class EngineClient:
-    """Start, update, read and watch sessions on whichever runtime hosts the shards."""
+    """Start, update, read and watch sessions on whichever runtime hosts the shards.
+
+    Commands return futures rather than coroutines: the hot path then costs no task per
+    request. Views come back as the JSON bytes the shard encoded (what an HTTP reply sends
+    as is; `engine.protocol.decode_view` reads one).
+    """
 
     def __init__(self, transport: Transport, observe: BatchObserver | None = None) -> None:
         self.transport = transport
@@ -157,90 +246,78 @@ class EngineClient:
     def shard_for(self, tracking_id: str) -> int:
         return shard_of(tracking_id, self.n_shards)
 
-    def _send(self, shard: int, cmd: Command, decode: bool = False) -> asyncio.Future[Any]:
-        return self._lanes[shard].submit(cmd, decode)
+    def _to(
+        self, tracking_id: str, cmd: AnyCommand, take: Callable[[Reply], T]
+    ) -> asyncio.Future[T]:
+        return self._lanes[self.shard_for(tracking_id)].submit(cmd, take)
 
-    async def _all(self, cmd: Command) -> list[Any]:
-        return list(await asyncio.gather(*(self._send(i, cmd) for i in range(self.n_shards))))
+    async def _all(self, cmd: AnyCommand, take: Callable[[Reply], T]) -> list[T]:
+        return list(await asyncio.gather(*(lane.submit(cmd, take) for lane in self._lanes)))
 
     # -- commands -----------------------------------------------------------------------------
-    # Commands return futures rather than coroutines: the hot path then costs no task per
-    # request. The `*_json` forms give the view as the JSON bytes the shard encoded (what an
-    # HTTP reply sends as is); the others decode it.
-    def start_json(
-        self, order_id: str, rider_id: str, dropoff_lat: float, dropoff_lng: float,
-        phone: str | None,
-    ) -> asyncio.Future[bytes]:
-        cmd = ("start", order_id, rider_id, dropoff_lat, dropoff_lng, phone)
-        return self._send(shard_of(order_id, self.n_shards), cmd)
-
     def start(
         self, order_id: str, rider_id: str, dropoff_lat: float, dropoff_lng: float,
         phone: str | None,
-    ) -> asyncio.Future[dict[str, Any]]:
-        cmd = ("start", order_id, rider_id, dropoff_lat, dropoff_lng, phone)
-        return self._send(shard_of(order_id, self.n_shards), cmd, decode=True)
+    ) -> asyncio.Future[bytes]:
+        """Start a session on its order's shard; the view's JSON."""
+        cmd = Start(order_id, rider_id, dropoff_lat, dropoff_lng, phone)
+        return self._lanes[shard_of(order_id, self.n_shards)].submit(cmd, _bytes)
 
-    def update_json(
-        self, tracking_id: str, lat: float, lng: float, status: str | None,
+    def update(
+        self, tracking_id: str, lat: float, lng: float, status: Status | None,
         rider_id: str | None,
     ) -> asyncio.Future[bytes]:
         """Queue an update; `rider_id` is the acting rider, None for a superadmin."""
-        cmd = ("update", tracking_id, lat, lng, status, rider_id)
-        return self._send(self.shard_for(tracking_id), cmd)
+        return self._to(tracking_id, Update(tracking_id, lat, lng, status, rider_id), _bytes)
 
-    def update(
-        self, tracking_id: str, lat: float, lng: float, status: str | None,
-        rider_id: str | None,
-    ) -> asyncio.Future[dict[str, Any]]:
-        cmd = ("update", tracking_id, lat, lng, status, rider_id)
-        return self._send(self.shard_for(tracking_id), cmd, decode=True)
+    def get(self, tracking_id: str) -> asyncio.Future[bytes]:
+        return self._to(tracking_id, Get(tracking_id), _bytes)
 
-    def get_json(self, tracking_id: str) -> asyncio.Future[bytes]:
-        return self._send(self.shard_for(tracking_id), ("get", tracking_id))
-
-    def get(self, tracking_id: str) -> asyncio.Future[dict[str, Any]]:
-        return self._send(self.shard_for(tracking_id), ("get", tracking_id), decode=True)
-
-    async def rider_session(self, rider_id: str) -> dict[str, Any]:
-        found = [v for v in await self._all(("rider", rider_id)) if v is not None]
+    async def rider_session(self, rider_id: str) -> bytes:
+        """The view's JSON of the rider's newest live session, on any shard."""
+        found = [h for h in await self._all(RiderLookup(rider_id), _rider_hit) if h is not None]
         if not found:
             raise NotFound(f"Rider {rider_id} has no live tracking session")
         # Newest by precise start time; ties (one batch) break by id, so the answer is stable.
-        _, _, view = max(found, key=lambda f: (f[0], f[1]))
-        best: dict[str, Any] = orjson.loads(view)
-        return best
+        return max(found, key=_newest).view
 
-    async def history(self, tracking_id: str, since_seq: int, limit: int) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = await self._send(
-            self.shard_for(tracking_id), ("history", tracking_id, since_seq, limit)
-        )
-        return items
+    async def history(self, tracking_id: str, since_seq: int, limit: int) -> list[HistoryItem]:
+        """Accepted changes after `since_seq`, oldest first; 404 / 410 as for the view."""
+        page = await self._to(tracking_id, HistoryQuery(tracking_id, since_seq, limit), _history)
+        return page.items
 
-    async def stats(self) -> dict[str, Any]:
-        parts = await self._all(("stats",))
-        out = merge_stats(parts)
+    async def stats(self) -> PlatformStats:
+        """Statistics over every shard (without the outbox's, which the dispatcher keeps)."""
+        stats, _ = await self.overview(0)
+        return stats
+
+    async def overview(self, dots_per_shard: int) -> tuple[PlatformStats, list[OpsDot]]:
+        """Statistics, and the positions of up to `dots_per_shard` live sessions per shard."""
+        parts = await self._all(StatsQuery(dots_per_shard), _shard_stats)
+        dots = [d for p in parts for d in p.dots]
+        counts = SessionCounts()
+        for p in parts:
+            counts.add(p.counts)
         # Every API process polls every shard and reports its socket count; shard 0 is enough.
-        by_gw: dict[str, int] = parts[0].get("websocket_connections_by_gateway", {})
-        out["total_websocket_connections"] = sum(by_gw.values())
-        out["api_processes"] = len(by_gw)
-        return out
+        by_gw = parts[0].connections_by_gateway
+        stats = PlatformStats(
+            total_active_sessions=counts.total_active_sessions,
+            total_websocket_connections=sum(by_gw.values()),
+            status_distribution=counts.status_distribution,
+            sessions_by_recency=counts.sessions_by_recency,
+            api_processes=len(by_gw),
+        )
+        return stats, dots
 
-    async def snapshot(self, limit_per_shard: int) -> list[list[Any]]:
-        out: list[list[Any]] = []
-        for part in await self._all(("snapshot", limit_per_shard)):
-            out.extend(part)
-        return out
-
-    def watch(self, tracking_id: str, gateway: str) -> asyncio.Future[dict[str, Any]]:
-        return self._send(self.shard_for(tracking_id), ("watch", tracking_id, gateway), True)
+    def watch(self, tracking_id: str, gateway: str) -> asyncio.Future[Watched]:
+        return self._to(tracking_id, Watch(tracking_id, gateway), _watched)
 
     async def unwatch(self, tracking_id: str, gateway: str) -> None:
-        await self._send(self.shard_for(tracking_id), ("unwatch", tracking_id, gateway))
+        await self._to(tracking_id, Unwatch(tracking_id, gateway), _nothing)
 
-    async def ping(self) -> None:
-        """Raise unless every shard answers."""
-        await self._all(("ping",))
+    async def ping(self, writable: bool = False) -> None:
+        """Raise unless every shard answers (and, with `writable`, can write its store)."""
+        await self._all(Ping(writable), _int)
 
     # -- the event channel --------------------------------------------------------------------
     def open_events(self, gateway: str, sink: EventSink) -> None:
@@ -261,14 +338,14 @@ class EngineClient:
     def channel(self, shard: int) -> Channel | None:
         if self._gateway is None or self._sink is None:
             return None
-        return (self._gateway, self._cursors[shard].ack, self._sink.connections)
+        return Channel(self._gateway, self._cursors[shard].ack, self._sink.connections)
 
     def feed(self, shard: int, feed: Feed) -> None:
         """Take the events of a call or poll reply: new ones go to the sink, once, in order."""
         sink = self._sink
         if sink is None:
             return
-        epoch, base, events = feed
+        epoch, base, events = feed.epoch, feed.base, feed.events
         cur = self._cursors[shard]
         if epoch != cur.epoch:
             if epoch in cur.retired:
@@ -287,12 +364,12 @@ class EngineClient:
             sink.deliver(events[skip:] if skip > 0 else events)
 
     async def _poll_forever(self, shard: int) -> None:
-        while self._gateway is not None and self._sink is not None:
+        while True:
+            channel = self.channel(shard)
+            if channel is None:
+                return
             try:
-                feed = await self.transport.poll(
-                    shard, self._gateway, self._cursors[shard].ack, self._sink.connections,
-                    POLL_TIMEOUT_S,
-                )
+                feed = await self.transport.poll(shard, channel, POLL_TIMEOUT_S)
             except asyncio.CancelledError:
                 raise
             except Exception as e:
@@ -300,14 +377,3 @@ class EngineClient:
                 await asyncio.sleep(0.5)
                 continue
             self.feed(shard, feed)
-
-    async def poll(
-        self, shard: int, gateway: str, ack: int, connections: int, timeout_s: float
-    ) -> tuple[str, int, list[Event]]:
-        """One long-poll of a gateway's events (the channel above does this for a process)."""
-        try:
-            return await self.transport.poll(shard, gateway, ack, connections, timeout_s)
-        except TrackingError:
-            raise
-        except Exception as e:
-            raise Unavailable(f"shard {shard} poll failed: {e}") from e

@@ -7,8 +7,8 @@ waits out its backoff, its later calls wait too. An attempt is marked in the sto
 finished, so a crash between the POST and the mark sends it again: delivery is at least once, and
 receivers deduplicate by `Idempotency-Key`.
 
-SQLite calls run on one worker thread (the connections are never used concurrently, and the event
-loop, which may be the API's own in the local runtime, never blocks on an fsync).
+Store calls run on one worker thread: the stores' connections are never used concurrently, and
+the dispatcher's event loop never waits on a disk (in the local runtime it is the API's loop).
 """
 
 from __future__ import annotations
@@ -27,10 +27,11 @@ import httpx
 import orjson
 
 from engine.clock import Clock, system_clock
-from engine.integrations import NOTIFICATION, ORDER
-from engine.outbox_policy import Backoff, Outcome, decide, describe
+from engine.domain.integrations import NOTIFICATION, ORDER
+from engine.domain.outbox_policy import Backoff, Outcome, decide, describe
 from engine.settings import Settings
-from engine.store import OutboxRow, OutboxStore, shard_db_path
+from engine.store import StoreSpec, open_outboxes
+from engine.store.base import OutboxMark, OutboxRow, OutboxStore
 from engine.tokens import mint_token
 
 log = logging.getLogger(__name__)
@@ -51,9 +52,11 @@ ERROR_TEXT_CHARS = 200
 class Outbox(Protocol):
     """What the API reads from the outbox, wherever the dispatcher runs."""
 
-    async def counts(self) -> dict[str, int]: ...
+    async def counts(self) -> dict[str, int]:
+        """pending / done / dead calls and retries so far, over every shard's outbox."""
 
-    async def dead_letters(self, limit: int) -> list[dict[str, Any]]: ...
+    async def dead_letters(self, limit: int) -> list[dict[str, Any]]:
+        """The newest dead letters (newest first), at most `limit`."""
 
     async def close(self) -> None: ...
 
@@ -61,11 +64,7 @@ class Outbox(Protocol):
 @dataclass(frozen=True, slots=True)
 class _Mark:
     shard: int
-    row_id: int
-    outcome: Outcome
-    reason: str
-    at: float
-    next_at: float
+    mark: OutboxMark
 
 
 class Dispatcher:
@@ -138,7 +137,7 @@ class Dispatcher:
                 # Even when the marks failed to commit: the rows are still pending, so they are
                 # simply sent again (at least once).
                 for m in finished:
-                    self._in_flight.pop((m.shard, m.row_id), None)
+                    self._in_flight.pop((m.shard, m.mark.row_id), None)
         now = self.clock()
         busy = [0] * self.settings.shards
         for shard, _ in self._in_flight:
@@ -166,7 +165,8 @@ class Dispatcher:
         now = self.clock()
         next_at = now + self.backoff.delay(attempts, self.rng) if outcome is Outcome.RETRY else now
         self._note(row, outcome, status, error, attempts)
-        self._finished.append(_Mark(shard, row.id, outcome, describe(status, error), now, next_at))
+        reason = None if outcome is Outcome.DONE else describe(status, error)
+        self._finished.append(_Mark(shard, OutboxMark(row.id, outcome, now, next_at, reason)))
         self._wake.set()
 
     async def _post(self, url: str, row: OutboxRow) -> tuple[int | None, str | None]:
@@ -236,13 +236,7 @@ class Dispatcher:
 
     def _open(self) -> list[OutboxStore]:
         if self._stores is None:
-            if not self.settings.journal:
-                self._stores = []  # no journal: shards write no outbox rows
-            else:
-                self._stores = [
-                    OutboxStore(shard_db_path(self.settings.data_dir, i))
-                    for i in range(self.settings.shards)
-                ]
+            self._stores = open_outboxes(StoreSpec.from_settings(self.settings))
         return self._stores
 
     def _due(self, now: float, busy: list[int]) -> list[tuple[int, OutboxRow]]:
@@ -256,26 +250,12 @@ class Dispatcher:
 
     def _apply_marks(self, marks: list[_Mark]) -> None:
         stores = self._open()
-        by_shard: dict[int, list[_Mark]] = {}
+        by_shard: dict[int, list[OutboxMark]] = {}
         for m in marks:
-            by_shard.setdefault(m.shard, []).append(m)
+            by_shard.setdefault(m.shard, []).append(m.mark)
         for shard, group in by_shard.items():
-            store = stores[shard]
             try:
-                # One transaction (one fsync) per shard file per round.
-                store.conn.execute("BEGIN IMMEDIATE")
-                try:
-                    for m in group:
-                        if m.outcome is Outcome.DONE:
-                            store.mark_done(m.row_id, m.at)
-                        elif m.outcome is Outcome.RETRY:
-                            store.mark_retry(m.row_id, m.next_at, m.reason)
-                        else:
-                            store.mark_dead(m.row_id, m.at, m.reason)
-                    store.conn.execute("COMMIT")
-                except BaseException:
-                    store.conn.execute("ROLLBACK")
-                    raise
+                stores[shard].mark(group)  # one transaction (one fsync) per store per round
             except Exception:
                 log.exception("outbox marks of shard %d not saved; those calls will be resent",
                               shard)
@@ -289,7 +269,6 @@ class Dispatcher:
         for store in self._open():
             for k, v in store.counts().items():
                 out[k] = out.get(k, 0) + v
-            out["retries"] += store.retries()
         return out
 
     def _dead_letters(self, limit: int) -> list[dict[str, Any]]:

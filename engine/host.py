@@ -23,11 +23,15 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any
+from dataclasses import dataclass
 
 import orjson
 
-from engine.shard import Channel, Command, Event, Feed, Result, Shard
+from engine.clock import Clock, system_clock
+from engine.protocol import AnyCommand, CallReply, Channel, Feed
+from engine.settings import Settings
+from engine.shard import Shard, ShardConfig
+from engine.store import StoreSpec, open_store
 
 log = logging.getLogger(__name__)
 # A checkpoint of every session's state is written this often when anything changed, or sooner
@@ -71,29 +75,26 @@ class ShardHost:
                 self._threads.append(t)
 
     # -- calls and polls ------------------------------------------------------------------------
-    def call(
-        self, commands: Sequence[Command], channel: Channel | None = None
-    ) -> tuple[list[Result], Feed | None]:
+    def call(self, commands: Sequence[AnyCommand], channel: Channel | None = None) -> CallReply:
         """Apply a batch of commands (results in the same order); with the caller's gateway
         channel, the reply also carries that gateway's events (so its poll need not wake)."""
         with self._cond:
             results = self.shard.handle(commands)
             feed: Feed | None = None
             if channel is not None:
-                gateway, ack, connections = channel
-                base, events = self.shard.take(gateway, ack, connections)
-                feed = (self.epoch, base, events)
+                base, events = self.shard.take(channel.gateway, channel.ack, channel.connections)
+                feed = Feed(self.epoch, base, events)
             self._wake()
-        return results, feed
+        return CallReply(results, feed)
 
-    def poll(
-        self, gateway: str, ack: int, connections: int, timeout_s: float
-    ) -> tuple[str, int, list[Event]]:
-        """Events for `gateway` after cursor `ack`, waiting up to `timeout_s` for the first."""
+    def poll(self, channel: Channel, timeout_s: float) -> Feed:
+        """Events for the channel's gateway after its cursor, waiting up to `timeout_s` for the
+        first."""
+        gateway, ack, connections = channel.gateway, channel.ack, channel.connections
         with self._cond:
             base, events = self.shard.take(gateway, ack, connections)
             if events or timeout_s <= 0 or self._stop.is_set():
-                return self.epoch, base, events
+                return Feed(self.epoch, base, events)
             me = object()
             self._polls[gateway] = me  # a newer poll of the same gateway supersedes this one
             self._cond.notify_all()
@@ -105,7 +106,7 @@ class ShardHost:
             if self._polls.get(gateway) is me:
                 del self._polls[gateway]
             base, events = self.shard.take(gateway, ack, connections)
-            return self.epoch, base, events
+            return Feed(self.epoch, base, events)
 
     def _wake(self) -> None:
         # Only when some waiting gateway has events no reply carried yet: a woken poll is a Ray
@@ -113,9 +114,10 @@ class ShardHost:
         if any(self.shard.has_unsent(g) for g in self._polls):
             self._cond.notify_all()
 
-    def ping(self) -> dict[str, Any]:
+    def ping(self) -> int:
+        """The number of sessions held (a liveness check that takes the lock)."""
         with self._cond:
-            return {"epoch": self.epoch, "sessions": len(self.shard.sessions)}
+            return len(self.shard.sessions)
 
     # -- background work ------------------------------------------------------------------------
     def _sweep_forever(self) -> None:
@@ -182,3 +184,30 @@ class ShardHost:
             log.exception("checkpoint at close failed; the journal still has everything")
         with self._cond:
             self.shard.store.close()
+
+
+@dataclass(frozen=True, slots=True)
+class HostSpec:
+    """Everything a shard host needs of the settings, and nothing else (no secrets): what a
+    runtime sends to the process that builds it."""
+
+    shard: ShardConfig
+    store: StoreSpec
+    sweep_interval_s: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings, index: int) -> HostSpec:
+        config = ShardConfig(
+            index=index,
+            n_shards=settings.shards,
+            lifetimes=settings.lifetimes,
+            order_service=settings.order_service_url is not None,
+            notification_service=settings.notification_service_url is not None,
+        )
+        return cls(config, StoreSpec.from_settings(settings), settings.sweep_interval_s)
+
+
+def make_host(spec: HostSpec, clock: Clock = system_clock, background: bool = True) -> ShardHost:
+    """Build a shard and its store inside a host, as every runtime does."""
+    shard = Shard(spec.shard, open_store(spec.store, spec.shard.index), clock)
+    return ShardHost(shard, spec.sweep_interval_s, background)

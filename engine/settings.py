@@ -6,13 +6,13 @@ import contextlib
 import os
 import secrets
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import platformdirs
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from engine.session import Lifetimes
+from engine.domain.session import Lifetimes
 
 SECRET_FILE = "jwt-secret"
 
@@ -93,9 +93,3 @@ class Settings(BaseSettings):
                 " or set TRACKING_JWT_SECRET"
             )
         return secret
-
-    def public_dict(self) -> dict[str, Any]:
-        """Settings safe to log (no secret)."""
-        d = self.model_dump(mode="json")
-        d.pop("jwt_secret", None)
-        return d

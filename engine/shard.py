@@ -10,38 +10,50 @@ place hosts in Ray actors or in-process.
 
 from __future__ import annotations
 
+import enum
 import heapq
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import assert_never
 
-import orjson
-
-from engine.errors import Conflict, Expired, NotFound, TrackingError, Unavailable
-from engine.integrations import OutboxItem, owed_calls
-from engine.routing import new_tracking_id
-from engine.session import Change, Lifetimes, Session
-from engine.stats import session_stats
-from engine.status import Status, parse_status
-from engine.store import CheckpointRow, Entry, NullStore, Store
+from engine.domain.errors import Conflict, NotFound, TrackingError, Unavailable
+from engine.domain.integrations import OutboxItem, owed_calls
+from engine.domain.routing import new_tracking_id
+from engine.domain.session import Change, Lifetimes, Session
+from engine.domain.stats import session_counts
+from engine.domain.status import Status
+from engine.protocol import (
+    EXPIRED_MESSAGE,
+    AnyCommand,
+    Err,
+    Event,
+    EventKind,
+    Get,
+    HistoryPage,
+    HistoryQuery,
+    Ok,
+    OpsDot,
+    Ping,
+    Reply,
+    Result,
+    RiderHit,
+    RiderLookup,
+    ShardStats,
+    Start,
+    StatsQuery,
+    Unwatch,
+    Update,
+    Watch,
+    Watched,
+    encode_view,
+    location_update,
+    status_change,
+)
+from engine.store.base import CheckpointRow, Entry, NullStore, Store
 
 log = logging.getLogger(__name__)
 
-Command = tuple[Any, ...]
-Result = tuple[Any, ...]  # ("ok", value) | ("err", code, detail)
-# An event for a gateway: (tracking_id, kind, seq, encoded message, accepted at); kinds: "u"
-# location update, "s" status change, "x" expired (the gateway sends the error and closes).
-# `accepted at` (Unix seconds) lets gateways measure acceptance-to-fan-out latency.
-Event = tuple[str, str, int, bytes, float]
-# What a shard owes a gateway: (shard incarnation, cursor of the first event, events).
-Feed = tuple[str, int, list[Event]]
-# A gateway's position on a shard, sent with calls and polls: (gateway id, ack, connections).
-Channel = tuple[str, int, int]
-
-# Views travel as JSON encoded once here: the HTTP reply and every event reuse the same bytes.
-LOCATION_UPDATE = b'{"type":"location_update","data":%b}'
-EXPIRED_MESSAGE = orjson.dumps({"type": "error", "message": "Tracking session expired"})
 GATEWAY_IDLE_S = 120.0
 GATEWAY_QUEUE_MAX = 200_000
 # Sessions purged per sweep: each walks its history chain in the store, so a wave of expiries is
@@ -58,7 +70,6 @@ class GatewayQueue:
     sent: int = 0  # cursor after the last event handed out in any reply
     last_seen: float = 0.0
     connections: int = 0
-    lost: int = 0
 
 
 @dataclass(slots=True)
@@ -68,7 +79,16 @@ class _Batch:
     created: list[Session] = field(default_factory=list)
     changes: list[Entry] = field(default_factory=list)
     outbox: list[OutboxItem] = field(default_factory=list)
-    events: list[tuple[str, str, int, bytes]] = field(default_factory=list)
+    events: list[tuple[str, EventKind, int, bytes]] = field(default_factory=list)
+
+
+def _started(s: Session) -> float:
+    return s.started_at
+
+
+class _Timer(enum.Enum):
+    EXPIRE = 1  # tell watchers the session expired
+    PURGE = 2  # forget the session and its history
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,25 +104,21 @@ class Shard:
     """Sessions of one shard; see the module docstring."""
 
     def __init__(
-        self,
-        config: ShardConfig,
-        store: Store | None,
-        clock: Callable[[], float],
-        token: Callable[[int], str] | None = None,
+        self, config: ShardConfig, store: Store | None, clock: Callable[[], float]
     ) -> None:
         self.cfg = config
         self.lt = config.lifetimes
         self.store: Store = store if store is not None else NullStore()
         self.clock = clock
-        self._token = token
         self.sessions: dict[str, Session] = {}
         self.by_order: dict[str, str] = {}
         self.by_rider: dict[str, list[str]] = {}
         self.watchers: dict[str, set[str]] = {}
         self.gateways: dict[str, GatewayQueue] = {}
-        self._timers: list[tuple[float, str, str]] = []  # (when, "x"|"p", tracking_id)
+        self._timers: list[tuple[float, _Timer, str]] = []
         self._expired: set[str] = set()
         self._next_id = 1  # the next journal id
+        self.write_error: str | None = None  # why the last commit failed, until one succeeds
         self.generation = 0  # grows with each (re)load from the store
         self._load()
 
@@ -114,7 +130,7 @@ class Shard:
         self.by_rider.clear()
         self._timers.clear()
         # `_expired` survives a reload: watchers were told already and must not be told twice.
-        for s in sorted(self.store.load_sessions(self.lt), key=lambda s: s.started_at):
+        for s in sorted(self.store.load_sessions(self.lt), key=_started):
             self._index(s)
         self._next_id = self.store.journal_high() + 1
 
@@ -122,85 +138,85 @@ class Shard:
         self.sessions[s.tracking_id] = s
         self.by_order[s.order_id] = s.tracking_id
         self.by_rider.setdefault(s.rider_id, []).append(s.tracking_id)
-        heapq.heappush(self._timers, (s.expires_at(self.lt), "x", s.tracking_id))
+        heapq.heappush(self._timers, (s.expires_at(self.lt), _Timer.EXPIRE, s.tracking_id))
 
     # -- commands -----------------------------------------------------------------------------
-    def handle(self, commands: Sequence[Command]) -> list[Result]:
+    def handle(self, commands: Sequence[AnyCommand]) -> list[Result]:
         """Apply a batch, journal it in one transaction, then publish its events."""
         now = self.clock()
         results: list[Result] = []
         batch = _Batch()
         for cmd in commands:
             try:
-                value = self._apply(cmd, now, batch)
-                results.append(("ok", value))
+                results.append(Ok(self._apply(cmd, now, batch)))
             except TrackingError as e:
-                results.append(("err", *e.to_wire()))
+                results.append(Err(e.code, e.detail))
             except Exception as e:  # a bug must not take the other commands of the batch down
-                log.exception("command %r failed", cmd[:1])
-                results.append(("err", "error", f"internal error: {type(e).__name__}"))
+                log.exception("command %s failed", type(cmd).__name__)
+                results.append(Err("error", f"internal error: {type(e).__name__}"))
         if batch.changes:
             try:
                 self.store.commit(batch.created, batch.changes, batch.outbox)
-            except Exception:
+                self.write_error = None
+            except Exception as e:
+                self.write_error = f"{type(e).__name__}: {e}"
                 log.exception("journal commit failed; reloading shard %d", self.cfg.index)
                 self._load()
                 # Every answer of the batch may have seen the unjournaled state: refuse them all.
-                failed = Unavailable("the journal could not be written; retry").to_wire()
-                return [("err", *failed) for _ in commands]
-        for tid, kind, seq, msg in batch.events:
-            self._publish(tid, kind, seq, msg, now)
+                failed = Unavailable("the journal could not be written; retry")
+                return [Err(failed.code, failed.detail) for _ in commands]
+        for tid, kind, seq, frame in batch.events:
+            self._publish(tid, kind, seq, frame, now)
         return results
 
-    def _apply(self, cmd: Command, now: float, batch: _Batch) -> Any:
-        op = cmd[0]
-        if op == "update":
-            _, tid, lat, lng, status, rider = cmd
-            s = self._live(tid, now)
-            s.authorize_update(rider)
-            ch = s.apply_update(lat, lng, parse_status(status), now, self.lt)
-            self._journal(s, ch, batch)
-            view = s.view()
-            encoded = orjson.dumps(view)
-            if tid in self.watchers:
-                batch.events.append((tid, "u", ch.seq, LOCATION_UPDATE % encoded))
-                if ch.previous_status is not None:
-                    data = {**view, "previous_status": ch.previous_status.value}
-                    batch.events.append((tid, "s", ch.seq,
-                                   orjson.dumps({"type": "status_change", "data": data})))
+    def _apply(self, cmd: AnyCommand, now: float, batch: _Batch) -> Reply:
+        match cmd:
+            case Update():
+                return self._update(cmd, now, batch)
+            case Get(tracking_id=tid):
+                return encode_view(self._live(tid, now).view())
+            case Ping(writable=writable):
+                if writable and self.write_error is not None:
+                    raise Unavailable(f"shard {self.cfg.index} cannot write: {self.write_error}")
+                return len(self.sessions)
+            case Start():
+                return self._start(cmd, now, batch)
+            case Watch(tracking_id=tid, gateway=gw):
+                s = self._live(tid, now)
+                self.watchers.setdefault(tid, set()).add(gw)
+                self._gateway(gw, now)
+                return Watched(s.seq, encode_view(s.view()))
+            case Unwatch(tracking_id=tid, gateway=gw):
+                self._unwatch(tid, gw)
+                return None
+            case RiderLookup(rider_id=rider):
+                return self._rider(rider, now)
+            case StatsQuery(dots=dots):
+                return self.stats(now, dots)
+            case HistoryQuery(tracking_id=tid, since_seq=since, limit=limit):
+                head = self._live(tid, now).head  # 404 / 410 as for the view
+                return HistoryPage(self.store.history(head, since, limit))
+            case _:
+                assert_never(cmd)
+
+    def _update(self, cmd: Update, now: float, batch: _Batch) -> bytes:
+        tid = cmd.tracking_id
+        s = self._live(tid, now)
+        s.authorize_update(cmd.rider_id)
+        ch = s.apply_update(cmd.lat, cmd.lng, cmd.status, now, self.lt)
+        self._journal(s, ch, batch)
+        encoded = encode_view(s.view())
+        if tid in self.watchers:
+            batch.events.append((tid, EventKind.LOCATION, ch.seq, location_update(encoded)))
             if ch.previous_status is not None:
-                if ch.status is Status.DELIVERED:
-                    heapq.heappush(self._timers, (s.expires_at(self.lt), "x", tid))
-                batch.outbox.extend(self._owed(s, ch))
-            return encoded
-        if op == "get":
-            return orjson.dumps(self._live(cmd[1], now).view())
-        if op == "ping":
-            return len(self.sessions)
-        if op == "start":
-            return self._start(cmd, now, batch)
-        if op == "watch":
-            _, tid, gw = cmd
-            current = orjson.dumps(self._live(tid, now).view())
-            self.watchers.setdefault(tid, set()).add(gw)
-            self._gateway(gw, now)
-            return current
-        if op == "unwatch":
-            self._unwatch(cmd[1], cmd[2])
-            return None
-        if op == "rider":
-            return self._rider(cmd[1], now)
-        if op == "stats":
-            return self.stats(now)
-        if op == "snapshot":
-            return self.snapshot(now, cmd[1])
-        if op == "history":
-            _, tid, since, limit = cmd
-            found = self.sessions.get(tid)
-            if found is None:
-                raise NotFound("Tracking session not found")
-            return self.store.history(found.head, since, limit)
-        raise TrackingError(f"unknown command {op!r}")
+                batch.events.append(
+                    (tid, EventKind.STATUS, ch.seq, status_change(encoded, ch.previous_status))
+                )
+        if ch.previous_status is not None:
+            if ch.status is Status.DELIVERED:
+                heapq.heappush(self._timers, (s.expires_at(self.lt), _Timer.EXPIRE, tid))
+            batch.outbox.extend(self._owed(s, ch))
+        return encoded
 
     def _journal(self, s: Session, ch: Change, batch: _Batch) -> None:
         jid = self._next_id
@@ -211,26 +227,24 @@ class Shard:
     def _owed(self, s: Session, ch: Change) -> list[OutboxItem]:
         return owed_calls(s, ch, self.cfg.order_service, self.cfg.notification_service)
 
-    def _start(self, cmd: Command, now: float, batch: _Batch) -> bytes:
-        _, order_id, rider_id, dlat, dlng, phone = cmd
-        existing = self.by_order.get(order_id)
+    def _start(self, cmd: Start, now: float, batch: _Batch) -> bytes:
+        existing = self.by_order.get(cmd.order_id)
         if existing is not None:
             old = self.sessions.get(existing)
             if old is not None and old.is_live(now, self.lt):
                 raise Conflict(
-                    f"Order {order_id} already has a live tracking session ({existing})"
+                    f"Order {cmd.order_id} already has a live tracking session ({existing})"
                 )
-        if self._token is None:
-            tid = new_tracking_id(self.cfg.index, self.cfg.n_shards)
-        else:
-            tid = new_tracking_id(self.cfg.index, self.cfg.n_shards, self._token)
-        s = Session(tid, order_id, rider_id, dlat, dlng, phone, now)
+        tid = new_tracking_id(self.cfg.index, self.cfg.n_shards)
+        s = Session(
+            tid, cmd.order_id, cmd.rider_id, cmd.dropoff_lat, cmd.dropoff_lng, cmd.phone, now
+        )
         self._index(s)
         batch.created.append(s)
         ch = s.first_change()
         self._journal(s, ch, batch)
         batch.outbox.extend(self._owed(s, ch))
-        return orjson.dumps(s.view())
+        return encode_view(s.view())
 
     def _live(self, tid: str, now: float) -> Session:
         s = self.sessions.get(tid)
@@ -239,9 +253,8 @@ class Shard:
         s.ensure_live(now, self.lt)
         return s
 
-    def _rider(self, rider_id: str, now: float) -> tuple[float, str, bytes] | None:
-        """(start time, id, view) of the rider's newest live session here: the view's
-        `started_at` is whole seconds, too coarse to compare sessions across shards."""
+    def _rider(self, rider_id: str, now: float) -> RiderHit | None:
+        """The rider's newest live session here."""
         best: Session | None = None
         for tid in self.by_rider.get(rider_id, ()):
             s = self.sessions.get(tid)
@@ -251,28 +264,16 @@ class Shard:
                 best = s
         if best is None:
             return None
-        return (best.started_at, best.tracking_id, orjson.dumps(best.view()))
+        return RiderHit(best.started_at, best.tracking_id, encode_view(best.view()))
 
     # -- reads --------------------------------------------------------------------------------
-    def stats(self, now: float) -> dict[str, Any]:
-        out = session_stats(
-            ((s.status, s.updated_at) for s in self.sessions.values() if s.is_live(now, self.lt)),
-            now,
-        )
-        out["websocket_connections_by_gateway"] = {
-            gw: q.connections for gw, q in self.gateways.items()
-        }
-        out["watched_sessions"] = len(self.watchers)
-        return out
-
-    def snapshot(self, now: float, limit: int) -> list[list[Any]]:
-        out: list[list[Any]] = []
-        for s in self.sessions.values():
-            if len(out) >= limit:
-                break
-            if s.is_live(now, self.lt):
-                out.append([s.tracking_id, s.status.value, s.lat, s.lng, s.eta])
-        return out
+    def stats(self, now: float, dots: int = 0) -> ShardStats:
+        """Statistics over live sessions, with the positions of up to `dots` of them."""
+        live = [s for s in self.sessions.values() if s.is_live(now, self.lt)]
+        counts = session_counts(((s.status, s.updated_at) for s in live), now)
+        by_gateway = {gw: q.connections for gw, q in self.gateways.items()}
+        positions = [OpsDot(s.tracking_id, s.status, s.lat, s.lng, s.eta) for s in live[:dots]]
+        return ShardStats(counts, by_gateway, len(self.watchers), positions)
 
     # -- gateways and events ------------------------------------------------------------------
     def _gateway(self, gw: str, now: float) -> GatewayQueue:
@@ -281,19 +282,22 @@ class Shard:
             q = self.gateways[gw] = GatewayQueue(last_seen=now)
         return q
 
-    def _publish(self, tid: str, kind: str, seq: int, msg: bytes, at: float) -> None:
-        for gw in self.watchers.get(tid, ()):
+    def _publish(self, tid: str, kind: EventKind, seq: int, frame: bytes, at: float) -> None:
+        watching = self.watchers.get(tid)
+        if not watching:
+            return
+        event = Event(tid, kind, seq, frame, at)
+        for gw in watching:
             q = self.gateways.get(gw)
             if q is None:
                 continue
-            q.events.append((tid, kind, seq, msg, at))
+            q.events.append(event)
             if len(q.events) > GATEWAY_QUEUE_MAX:
                 # A gateway this far behind is gone or stuck; keep memory bounded, and let it
                 # see the gap through its cursor (it then re-watches and resends state).
                 drop = len(q.events) - GATEWAY_QUEUE_MAX
                 del q.events[:drop]
                 q.base += drop
-                q.lost += drop
 
     def take(self, gw: str, ack: int, connections: int) -> tuple[int, list[Event]]:
         """Forget what `gw` acknowledged (cursor `ack`); return (cursor of the first, events)."""
@@ -310,18 +314,13 @@ class Shard:
             q.sent = end
         return q.base, list(q.events)
 
-    def has_events(self, gw: str, ack: int) -> bool:
-        """Whether events after cursor `ack` wait for `gw`."""
-        q = self.gateways.get(gw)
-        return q is not None and q.base + len(q.events) > ack
-
     def has_unsent(self, gw: str) -> bool:
         """Whether events wait for `gw` that no reply has carried yet."""
         q = self.gateways.get(gw)
         return q is not None and q.base + len(q.events) > q.sent
 
     def checkpoint_rows(self, sessions: Sequence[Session]) -> list[CheckpointRow]:
-        """The state of `sessions` for a checkpoint (see `engine.store`)."""
+        """The state of `sessions` for a checkpoint (see `engine.store.base`)."""
         return [
             (s.tracking_id, s.seq, s.status.value, s.lat, s.lng, s.updated_at, s.head)
             for s in sessions
@@ -337,20 +336,20 @@ class Shard:
         now = self.clock()
         expired: list[str] = []
         purge: list[tuple[str, int]] = []
-        later: list[tuple[float, str, str]] = []
+        later: list[tuple[float, _Timer, str]] = []
         while self._timers and self._timers[0][0] <= now:
             when, kind, tid = heapq.heappop(self._timers)
             s = self.sessions.get(tid)
             if s is None:
                 continue
-            if kind == "x":
+            if kind is _Timer.EXPIRE:
                 if tid in self._expired or s.is_live(now, self.lt):
                     continue
                 self._expired.add(tid)
                 expired.append(tid)
-                self._publish(tid, "x", s.seq, EXPIRED_MESSAGE, now)
-                heapq.heappush(self._timers, (s.expires_at(self.lt) + self.lt.purge_after_s,
-                                              "p", tid))
+                self._publish(tid, EventKind.EXPIRED, s.seq, EXPIRED_MESSAGE, now)
+                purge_at = s.expires_at(self.lt) + self.lt.purge_after_s
+                heapq.heappush(self._timers, (purge_at, _Timer.PURGE, tid))
             elif len(purge) >= PURGE_PER_SWEEP:
                 later.append((when, kind, tid))
             elif s.is_purgeable(now, self.lt):
@@ -390,7 +389,3 @@ class Shard:
                 tids.remove(tid)
             if not tids:
                 del self.by_rider[s.rider_id]
-
-
-
-__all__ = ["Command", "Event", "Expired", "Result", "Shard", "ShardConfig"]

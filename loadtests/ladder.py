@@ -120,7 +120,7 @@ def target_server(host: str, workers: int, out: Path) -> Iterator[Target]:
             raise SystemExit("ladder: with --host, set TRACKING_JWT_SECRET to the server's secret")
         yield Target(host.rstrip("/"), secret)
         return
-    from api.launcher import ServerProcess
+    from harness import ServerProcess
 
     with ServerProcess(workers=workers) as server:
         print(f"ladder: started {server.base_url}", flush=True)

@@ -30,12 +30,12 @@ import gevent
 from locust import FastHttpUser, LoadTestShape, events, task
 from locust.env import Environment
 
-from api.launcher import mint
+from harness import mint
 from loadtests import shapes
 from loadtests.options import add_options
 from loadtests.plan import DeliveryPlan, plan_delivery
 from loadtests.pool import SHARED, LiveDelivery
-from loadtests.push import view_seq
+from loadtests.push import ACKS, view_seq
 from loadtests.watcher import WatcherUser
 
 log = logging.getLogger("loadtests")
@@ -240,6 +240,9 @@ class RiderUser(FastHttpUser):
                 self._abandon()
                 return
             seq = view_seq(resp.json())
+            if seq is not None:
+                # Accepted: every watcher of the delivery must now see this seq (push.py).
+                ACKS.record(delivery, seq)
             if seq != expected:
                 resp.failure("seq of the answer is not the previous seq + 1")
                 self._abandon()

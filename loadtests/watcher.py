@@ -20,7 +20,7 @@ from locust import User, task
 from locust.env import Environment
 
 from loadtests.pool import SHARED, LiveDelivery
-from loadtests.push import PUSH, STREAM, Latency, PushCursor, view_seq
+from loadtests.push import ACKS, PUSH, STREAM, Latency, Problem, PushCursor, view_seq
 
 CONNECT = "connect /ws/tracking/[id]"
 
@@ -103,6 +103,10 @@ class WatcherUser(User):
             return None  # delivered between the pick and the connect
         return seq
 
+    def _report(self, problem: Problem | None) -> None:
+        if problem is not None:
+            fire(self.environment, problem.name, 0, problem.message)
+
     def _watch(self, delivery: LiveDelivery) -> None:
         seq = self._connect(delivery)
         if seq is None or self._ws is None:
@@ -112,15 +116,23 @@ class WatcherUser(User):
             try:
                 raw = self._ws.recv()
             except websocket.WebSocketTimeoutException:
+                now = time.perf_counter()
                 if delivery.finished:
-                    return  # delivered or abandoned by its rider: watch another one
-                problem = cursor.overdue(time.perf_counter(), self._watch_timeout_s)
+                    # Delivered or abandoned by its rider: once its last acknowledged change
+                    # is here (or overdue, then a failure), watch another one.
+                    acked = ACKS.last(delivery)
+                    if cursor.tail_settled(acked, now, self._watch_timeout_s):
+                        self._report(cursor.lost_tail(acked))
+                        return
+                    continue
+                problem = cursor.overdue(now, self._watch_timeout_s)
                 if problem is not None:
-                    fire(self.environment, problem.name, 0, problem.message)
+                    self._report(problem)
                     return
                 continue
             except (OSError, websocket.WebSocketException) as e:
                 fire(self.environment, STREAM, 0, f"socket lost: {type(e).__name__}")
+                self._report(cursor.lost_tail(ACKS.last(delivery)))
                 return
             # Timestamp before decoding: the decode is the watcher's cost, not the service's.
             received = time.perf_counter()
@@ -133,6 +145,8 @@ class WatcherUser(User):
                 if isinstance(outcome, Latency):
                     fire(self.environment, PUSH, outcome.ms)
                 else:
-                    fire(self.environment, outcome.name, 0, outcome.message)
+                    self._report(outcome)
             if not keep_watching:
+                # Delivered, or an error: what the rider had acknowledged must be here.
+                self._report(cursor.lost_tail(ACKS.last(delivery)))
                 return

@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from api.launcher import mint
+from harness import mint
 from sim.plan import PlanSettings
 from sim.stats import Metrics
 

@@ -19,7 +19,7 @@ from typing import Any, TextIO
 
 import httpx
 
-from api.launcher import ServerProcess, mint
+from harness import ServerProcess, mint
 from sim.context import SliceConfig
 from sim.expect import evaluate
 from sim.fleet import run_slice

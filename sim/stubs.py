@@ -24,7 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
 
-from api.launcher import free_port
+from harness import free_port
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,8 @@ from contextlib import AbstractContextManager, contextmanager
 import pytest
 from hypothesis import settings as hypothesis_settings
 
-from api.launcher import ServerProcess
+from harness import ServerProcess
+from tests.support import FACTOR, SERVER_STARTUP_S, timeout
 
 # Hypothesis' per-example deadline is a wall-clock check; tests check behaviour, not time.
 hypothesis_settings.register_profile("tracking", deadline=None)
@@ -20,7 +21,7 @@ hypothesis_settings.load_profile("tracking")
 @pytest.fixture(scope="session")
 def ray_address() -> Iterator[str]:
     """Start one local Ray instance for the whole test session and shut it down at the end."""
-    from engine import ray_runtime
+    from engine.runtime import ray_cluster as ray_runtime
 
     address = ray_runtime.start_local_for_tests()
     try:
@@ -42,7 +43,8 @@ def server_factory(
             "TRACKING_RAY_NAMESPACE": "test-" + uuid.uuid4().hex[:8],
             **env,
         }
-        with ServerProcess(env=full_env, workers=workers) as srv:
+        with ServerProcess(env=full_env, workers=workers,
+                           startup_timeout_s=timeout(SERVER_STARTUP_S)) as srv:
             yield srv
 
     return start
@@ -59,3 +61,22 @@ def server(
 
 def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Scale the configured per-test limit (pyproject's `timeout`, pytest-timeout) by the same
+    factor as every wait inside the tests, so a slow box meets the tests' own deadlines first
+    and their messages. An explicit --timeout, PYTEST_TIMEOUT or timeout marker is kept."""
+    if FACTOR == 1 or not config.pluginmanager.hasplugin("timeout"):
+        return
+    if config.getoption("timeout", None) is not None:
+        return
+    if os.environ.get("PYTEST_TIMEOUT"):
+        return
+    configured = config.getini("timeout")
+    if not configured:
+        return
+    scaled = pytest.mark.timeout(timeout(float(configured)))
+    for item in items:
+        if item.get_closest_marker("timeout") is None:
+            item.add_marker(scaled)

@@ -19,7 +19,7 @@ import httpx
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from api.launcher import ServerProcess
+from harness import ServerProcess
 from tests.support import timeout
 
 STATUSES = ("ASSIGNED", "PICKED_UP", "IN_TRANSIT", "DELIVERED")
@@ -291,13 +291,22 @@ async def collect_until(
 def eventually(probe: Callable[[], T], ok: Callable[[T], bool], what: str, seconds: float = 20
                ) -> T:
     """Poll `probe` until `ok` holds (for values the contract lets lag, like statistics)."""
+    held, value = within(probe, ok, seconds)
+    if not held:
+        raise AssertionError(f"{what}: still {value!r} after {timeout(seconds)} s")
+    return value
+
+
+def within(probe: Callable[[], T], ok: Callable[[T], bool], seconds: float) -> tuple[bool, T]:
+    """Poll `probe` until `ok` holds or the (scaled) deadline passes: whether it held, and the
+    last value seen."""
     deadline = time.monotonic() + timeout(seconds)
     while True:
         value = probe()
         if ok(value):
-            return value
+            return True, value
         if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: still {value!r} after {timeout(seconds)} s")
+            return False, value
         time.sleep(0.1)
 
 

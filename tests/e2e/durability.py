@@ -11,9 +11,9 @@ from typing import Any
 
 import httpx
 
-from api.launcher import mint
-from engine import ray_runtime
+from engine.runtime import ray_cluster as ray_runtime
 from engine.settings import Settings
+from harness import mint
 from sim.stubs import IntegrationStubs
 from tests.outbox_contract import (
     Owed,
@@ -26,6 +26,9 @@ from tests.support import timeout
 
 DROPOFF = (5.6037, -0.1869)
 WALK = ("ASSIGNED", "PICKED_UP", "IN_TRANSIT", "DELIVERED")
+# A step retried without any answer for this long (scaled) fails the test: a crashed service
+# must come back (or the test stop the riders) well within it.
+UNANSWERED_S = 90.0
 
 
 @dataclass(frozen=True)
@@ -93,25 +96,30 @@ class RiderStream:
         await asyncio.gather(*(self._ride(client, r) for r in self.rides))
 
     async def _ride(self, client: httpx.AsyncClient, ride: Ride) -> None:
+        loop = asyncio.get_running_loop()
         unsure = False  # the last attempt of this step got no answer: it may have been applied
+        answered_at = loop.time()  # of the last answer this ride got (or of its start)
         while not ride.done and not self.stopped:
             status = self.status_at(ride.step)
             lat, lng = ride.point(ride.step)
+            r: httpx.Response | None
             try:
                 r = await client.post(
                     f"/tracking/update/{ride.tracking_id}",
                     json={"lat": lat, "lng": lng, "status": status}, headers=self._auth(ride),
                 )
             except httpx.TransportError:
+                r = None
+            if r is None or r.status_code == 503:
                 self.unanswered += 1
                 unsure = True
-                await asyncio.sleep(0.05)
+                waited = loop.time() - answered_at
+                assert waited < timeout(UNANSWERED_S), (
+                    f"{ride.tracking_id}: step {ride.step} unanswered for {waited:.0f} s"
+                )
+                await asyncio.sleep(0.05)  # a retry's pace, not a wait for anything
                 continue
-            if r.status_code == 503:
-                self.unanswered += 1
-                unsure = True
-                await asyncio.sleep(0.05)
-                continue
+            answered_at = loop.time()
             if r.status_code == 409 and status == "DELIVERED" and unsure:
                 ride.done = True  # the unanswered DELIVERED was applied; history will say
                 break
@@ -199,6 +207,6 @@ def _missing(stubs: IntegrationStubs, owed: dict[str, list[Owed]]) -> str:
 def kill_namespace(namespace: str, shards: int) -> None:
     """Kill the shard actors and the dispatcher a server left in `namespace` (they are detached,
     so a SIGKILLed server leaves them running)."""
-    ray_runtime.kill_shards(Settings(ray_namespace=namespace, shards=shards))
+    ray_runtime.kill_all(Settings(ray_namespace=namespace, shards=shards))
 
 

@@ -16,9 +16,9 @@ import httpx
 import jwt
 import pytest
 
-from api.launcher import ServerProcess, free_port
+from harness import ServerProcess, free_port
 from tests.e2e.clients import DROPOFF, assert_error, assert_view, bearer, uid
-from tests.support import timeout
+from tests.support import SERVER_STARTUP_S, timeout
 
 JWT_SHAPE = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$")
 
@@ -49,7 +49,8 @@ def start_body(rider: str) -> dict[str, object]:
 @contextmanager
 def bare_server(data_dir: str) -> Iterator[ServerProcess]:
     """`tracking serve` with nothing configured but its data dir: no secret, no Ray address."""
-    srv = ServerProcess(data_dir=data_dir, port=free_port())
+    srv = ServerProcess(data_dir=data_dir, port=free_port(),
+                        startup_timeout_s=timeout(SERVER_STARTUP_S))
     srv.log_path = str(Path(data_dir).parent / f"server-{srv.port}.log")
     cmd = [sys.executable, "-m", "api.cli", "serve", "--host", srv.host, "--port", str(srv.port)]
     with open(srv.log_path, "ab") as log:

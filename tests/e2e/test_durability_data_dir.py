@@ -9,8 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from api.launcher import ServerProcess
-from engine.store import SqliteStore, shard_db_path
+from engine.store.sqlite import SqliteStore, shard_db_path
+from harness import ServerProcess
 from tests.support import timeout
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from api.launcher import ServerProcess
+from harness import ServerProcess
 from sim.stubs import IntegrationStubs
 from tests.e2e.durability import RiderStream, verify_durable
 from tests.outbox_contract import delivered_keys

@@ -21,10 +21,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from api.launcher import ServerProcess
+from harness import ServerProcess
 from sim.stubs import IntegrationStubs
 from tests.e2e.durability import RiderStream, kill_namespace, verify_durable
-from tests.support import timeout, until
+from tests.support import SERVER_STARTUP_S, timeout, until
 
 SHARDS = 2
 
@@ -43,7 +43,8 @@ def _server(ray_address: str | None, namespace: str, data_dir: Path, secret: str
     else:
         env.update(TRACKING_RAY_ADDRESS=ray_address, TRACKING_RAY_NAMESPACE=namespace)
     return ServerProcess(env=env, data_dir=str(data_dir), secret=secret,
-                         log_path=str(data_dir.parent / f"server-{namespace}.log"))
+                         log_path=str(data_dir.parent / f"server-{namespace}.log"),
+                         startup_timeout_s=timeout(SERVER_STARTUP_S))
 
 
 def _crash_and_restart(first: ServerProcess, second: ServerProcess, stubs: IntegrationStubs,

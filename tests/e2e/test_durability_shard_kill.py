@@ -2,7 +2,8 @@
 it, the shard reloads its sessions from the store, and nothing acknowledged or owed is lost.
 
 The test process runs the session's Ray instance, so it finds the server's actors by name in the
-server's namespace (through engine.ray_runtime) and kills their processes with a real SIGKILL.
+server's namespace (through engine.runtime.ray_cluster) and kills their processes with a real
+SIGKILL.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from contextlib import AbstractContextManager
 import httpx
 import pytest
 
-from api.launcher import ServerProcess
-from engine import ray_runtime
-from engine.routing import shard_of
+from engine.domain.routing import shard_of
+from engine.runtime import ray_cluster as ray_runtime
 from engine.settings import Settings
+from harness import ServerProcess
 from sim.stubs import IntegrationStubs
 from tests.e2e.durability import RiderStream, verify_durable
 from tests.support import timeout, until
@@ -48,7 +49,8 @@ def test_shard_worker_killed_under_load_loses_nothing_and_answers_again(
         stream.secret = srv.secret
         settings = _settings(srv)
         victim = 0
-        old_pid = ray_runtime.shard_pid(ray_runtime.find_shards(settings)[victim])
+        victim_key = f"shard-{victim:03d}"  # as engine.runtime.ray_cluster.process_ids names it
+        old_pid = ray_runtime.process_ids(settings)[victim_key]
 
         async def scenario() -> float:
             async with httpx.AsyncClient(base_url=srv.base_url, timeout=timeout(30)) as client:
@@ -72,7 +74,7 @@ def test_shard_worker_killed_under_load_loses_nothing_and_answers_again(
                 return recovery
 
         recovery_s = asyncio.run(scenario())
-        new_pid = ray_runtime.shard_pid(ray_runtime.find_shards(settings)[victim])
+        new_pid = ray_runtime.process_ids(settings)[victim_key]
         assert new_pid != old_pid  # it really was a new worker process
         health = httpx.get(srv.base_url + "/health", timeout=timeout(30))
         assert health.status_code == 200, health.text
@@ -97,7 +99,7 @@ def test_dispatcher_killed_is_restarted_by_ray_and_delivers_what_is_owed(
                 await stream.run(client)
                 assert await until(lambda: len(stubs.notifications.requests) >= 4, 30)
                 # The dispatcher's pid: the actor answers `pid()` like a shard does.
-                pid = ray_runtime.shard_pid(ray_runtime.find_dispatcher(settings))
+                pid = ray_runtime.process_ids(settings)["outbox"]
                 os.kill(pid, signal.SIGKILL)
                 stubs.notifications.clear_failing()
                 # Nobody calls start() again: the restarted actor resumes by itself.

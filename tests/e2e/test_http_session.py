@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from api.launcher import ServerProcess
+from harness import ServerProcess
 from tests.e2e.clients import (
     DROPOFF,
     STATUSES,

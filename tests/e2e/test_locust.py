@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from api.launcher import ServerProcess
+from harness import ServerProcess
 from loadtests.ladder import LOCUSTFILE, REPO_ROOT
 from loadtests.push import PUSH
 from loadtests.report import UPDATE, parse_exceptions, parse_failures, parse_stats

@@ -18,9 +18,10 @@ from typing import Any
 import pytest
 from playwright.sync_api import Page, expect
 
-from api.launcher import ServerProcess
+from harness import ServerProcess
 from tests.e2e.test_pages_support import (
     DROPOFF,
+    EXPECT_S,
     Rider,
     ServerFactory,
     eta_text,
@@ -36,6 +37,14 @@ from tests.support import timeout
 pytestmark = pytest.mark.browser
 # The fixtures (browser, open_page, rider, screenshots) come from the support module.
 pytest_plugins = ["tests.e2e.test_pages_support"]
+
+# Sessions of the short-lived server expire while a page shows them, yet must outlive every
+# wait made while they are meant to be live (an expectation, or the poll for tiles: at most
+# EXPECT_S each, scaled), with room for a second such wait back to back: a slow step then
+# fails on its own expectation instead of meeting an expired session.
+SHORT_TTL_S = 2 * timeout(EXPECT_S)
+# The page's reconnect backoff, and the expiry sweep's notice, on top of the TTL.
+RECONNECT_S = 40.0
 
 
 class CuttableProxy:
@@ -170,9 +179,9 @@ def tile_server() -> Iterator[TileServer]:
 def short_lived_server(
     server_factory: ServerFactory, tile_server: TileServer
 ) -> Iterator[ServerProcess]:
-    """Sessions live 10 s; map tiles come from the local stand-in tile server."""
+    """Sessions live SHORT_TTL_S; map tiles come from the local stand-in tile server."""
     tiles = f"http://127.0.0.1:{tile_server.port}/tiles/{{z}}/{{x}}/{{y}}.png"
-    with server_factory(TRACKING_SESSION_TTL_S="10", TRACKING_TILE_URL=tiles) as srv:
+    with server_factory(TRACKING_SESSION_TTL_S=f"{SHORT_TTL_S:g}", TRACKING_TILE_URL=tiles) as srv:
         yield srv
 
 
@@ -252,7 +261,7 @@ def test_tracking_page_reconnects_and_catches_up_from_history(
 
         proxy.restore()
         conn = page.locator("#conn")
-        expect(conn).to_have_attribute("data-conn", "live", timeout=timeout(40) * 1000)
+        expect(conn).to_have_attribute("data-conn", "live", timeout=timeout(RECONNECT_S) * 1000)
         expect_step(page, "IN_TRANSIT")
         expect(page.locator("#eta-minutes")).to_have_text(eta_text(last))
         # The updates made while disconnected come back from history, not just the latest.
@@ -287,9 +296,10 @@ def test_tracking_link_expires_while_open_and_when_opened_later(
         rider.update(tid, north_of(DROPOFF, 1.2), "PICKED_UP")
         page = open_page(f"{srv.base_url}/track/{tid}")
         expect(page.locator("#conn")).to_have_attribute("data-conn", "live")
-        # The session is 10 s old at most; the server tells watchers when it expires.
+        # The session expires SHORT_TTL_S after it started; the server tells watchers.
         expired = page.locator("body")
-        expect(expired).to_have_attribute("data-state", "expired", timeout=timeout(40) * 1000)
+        expect(expired).to_have_attribute(
+            "data-state", "expired", timeout=(SHORT_TTL_S + timeout(RECONNECT_S)) * 1000)
         expect(page.locator("#notice-title")).to_have_text("This tracking link has expired")
         expect(page.locator("#status-text")).to_have_text("This tracking link has expired.")
         expect(page.locator("#live")).to_be_hidden()
@@ -314,7 +324,7 @@ def test_tracking_page_layers_tiles_only_from_the_configured_server(
         expect(page.locator("#rider-marker")).to_be_visible()
         tiles = page.locator("#map-tiles image")
         expect(tiles.first).to_be_attached()
-        wait_until(lambda: tile_server.paths, 15, "the page to fetch tiles")
+        wait_until(lambda: tile_server.paths, EXPECT_S, "the page to fetch tiles")
         assert all(p.startswith("/tiles/") and p.endswith(".png") for p in tile_server.paths)
         # The tracking URL is a secret: it must not leak to the tile server.
         assert all(ref is None for ref in tile_server.referers), tile_server.referers

@@ -21,7 +21,7 @@ import httpx
 import pytest
 from playwright.sync_api import Page, expect
 
-from api.launcher import ServerProcess
+from harness import ServerProcess
 from tests.e2e.test_pages_support import (
     DESKTOP,
     DROPOFF,

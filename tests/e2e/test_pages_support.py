@@ -20,7 +20,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
 
-from api.launcher import ServerProcess
+from harness import ServerProcess
 from tests.support import timeout
 
 CHROMIUM = os.environ.get("TRACKING_CHROMIUM", "/usr/bin/chromium")
@@ -33,8 +33,10 @@ DESKTOP = {"width": 1280, "height": 800}
 DROPOFF = (5.6037, -0.1869)  # Accra, as in the seed
 REPO = Path(__file__).resolve().parents[2]
 
-# Playwright's assertions wait 5 s by default; a loaded 2-core machine needs the scaled margin.
-expect.set_options(timeout=timeout(15) * 1000)
+# How long one expectation may wait (before scaling): Playwright's assertions and actions, and
+# this module's polls. Playwright waits 5 s by default; a loaded 2-core machine needs more.
+EXPECT_S = 15.0
+expect.set_options(timeout=timeout(EXPECT_S) * 1000)
 
 T = TypeVar("T")
 ServerFactory = Callable[..., AbstractContextManager[ServerProcess]]
@@ -162,7 +164,8 @@ def browser() -> Iterator[Browser]:
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: `apt-get install chromium` (scripts/test does it)")
     with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS,
+                               timeout=timeout(30) * 1000)
         try:
             yield b
         finally:
@@ -181,7 +184,7 @@ def open_page(browser: Browser) -> Iterator[Callable[..., Page]]:
 
     def open_(url: str, viewport: dict[str, int] | None = None, scale: float = 2) -> Page:
         ctx = browser.new_context(viewport=viewport or PHONE, device_scale_factor=scale)
-        ctx.set_default_timeout(timeout(15) * 1000)
+        ctx.set_default_timeout(timeout(EXPECT_S) * 1000)
         contexts.append(ctx)
         page = ctx.new_page()
         page.on("pageerror", lambda e: problems.append(f"page error: {e}"))

@@ -14,7 +14,7 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
-from api.launcher import ServerProcess
+from harness import ServerProcess
 from tests.e2e.clients import bearer
 from tests.support import timeout
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from api.launcher import ServerProcess
+from harness import ServerProcess
 from sim.cli import SCENARIOS, main
 from sim.runner import Target, run
 from sim.scenario import load_scenario

@@ -12,7 +12,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from api.launcher import ServerProcess
+from harness import ServerProcess
 from tests.e2e.clients import (
     Api,
     assert_error_message,
@@ -229,11 +229,18 @@ def test_oversized_message_is_refused_and_changes_nothing(api: Api) -> None:
             else:
                 assert_error_message(msg)
                 await ping_pong(rider_ws)
-            # The other watcher saw nothing and is still served.
-            await ping_pong(watcher)
+            # Nothing changed: the session is as it was, so a valid change made now gets the
+            # next seq, and since watchers get a session's messages in the order it accepted
+            # them, that change's location_update being the other watcher's next message
+            # proves the refused one sent it nothing (and that it is still served).
+            assert await asyncio.to_thread(api.view, tid) == view
+            resp = await asyncio.to_thread(api.update, tid, 5.62, -0.18, rider=view["rider_id"])
+            assert resp.status_code == 200, resp.text
+            msg = await recv_type(watcher, "location_update")
+            assert msg["data"] == resp.json()
+            assert msg["data"]["seq"] == view["seq"] + 1
 
     run(body())
-    assert api.view(tid) == view
 
 
 def test_unknown_session_gets_an_error_then_1008(api: Api) -> None:

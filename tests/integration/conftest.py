@@ -1,19 +1,25 @@
-"""Engine fixtures: the same tests run on the Ray runtime and on the local runtime."""
+"""Engine fixtures: the same tests run on the Ray runtime and on the local runtime.
+
+Engines are built the way every process builds them, through `engine.runtime.connect`; under
+Ray they run on the session's Ray instance, each test in a namespace of its own.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import pytest
 
-from engine.client import EngineClient, Transport
+from engine.runtime import Engine, connect
 from engine.settings import Settings
 
 T = TypeVar("T")
+Runtime = Literal["ray", "local"]
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
@@ -21,15 +27,16 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 
 
 class EngineUnderTest:
-    """Builds an EngineClient for one runtime, on a fresh data dir and namespace."""
+    """Connects engines of one runtime, on a fresh data dir and namespace."""
 
-    def __init__(self, runtime: str, data_dir: Path, ray_address: str | None) -> None:
-        self.runtime = runtime
+    def __init__(self, runtime: Runtime, data_dir: Path, ray_address: str | None) -> None:
+        self.runtime: Runtime = runtime
         self.ray_address = ray_address
         self.settings = Settings(
             data_dir=data_dir,
             engine=runtime,
             shards=3,
+            ray_address=ray_address,
             ray_namespace="it-" + uuid.uuid4().hex[:8],
             sweep_interval_s=0.1,
         )
@@ -39,34 +46,33 @@ class EngineUnderTest:
         self.settings = self.settings.model_copy(update=changes)
         return self.settings
 
-    def transport(self) -> Transport:
-        if self.runtime == "local":
-            from engine.local_runtime import LocalTransport
-
-            return LocalTransport(self.settings)
-        from engine import ray_runtime
-
-        ray_runtime.ensure_shards(self.settings)
-        self._started.append(self.settings)
-        return ray_runtime.RayTransport(self.settings)
-
-    def client(self) -> EngineClient:
-        return EngineClient(self.transport())
+    @contextlib.asynccontextmanager
+    async def engine(self) -> AsyncIterator[Engine]:
+        """A connected engine for the current settings, closed on the way out (under Ray the
+        actors outlive it, as they outlive an API process, until `close`)."""
+        if self.runtime == "ray":
+            self._started.append(self.settings)  # before connecting: it may create some actors
+        engine = await connect(self.settings)
+        try:
+            yield engine
+        finally:
+            await engine.close()
 
     def close(self) -> None:
         if self.runtime == "ray":
-            from engine import ray_runtime
+            from engine.runtime import ray_cluster
 
             for s in self._started:
-                ray_runtime.kill_shards(s)
+                ray_cluster.kill_all(s)
 
 
 @pytest.fixture(params=["ray", "local"])
 def eut(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[EngineUnderTest]:
+    runtime: Runtime = request.param
     address: str | None = None
-    if request.param == "ray":
+    if runtime == "ray":
         address = request.getfixturevalue("ray_address")
-    e = EngineUnderTest(request.param, tmp_path / "data", address)
+    e = EngineUnderTest(runtime, tmp_path / "data", address)
     try:
         yield e
     finally:

@@ -19,11 +19,13 @@ import pytest
 
 from engine.clock import system_clock
 from engine.dispatcher import Dispatcher
-from engine.outbox_policy import Backoff
-from engine.session import Lifetimes
+from engine.domain.outbox_policy import Backoff
+from engine.domain.session import Lifetimes
+from engine.domain.status import Status
+from engine.protocol import Ok, Start, Update
 from engine.settings import Settings
 from engine.shard import Shard, ShardConfig
-from engine.store import SqliteStore, shard_db_path
+from engine.store.sqlite import SqliteStore, shard_db_path
 from sim.stubs import IntegrationStubs
 from tests.outbox_contract import (
     Owed,
@@ -58,9 +60,11 @@ def _settings(data_dir: Path, stubs: IntegrationStubs | None, **over: Any) -> Se
     return Settings(**values)
 
 
-def _decoded(view: Any) -> dict[str, Any]:
-    # Shards hand views back already JSON-encoded (the HTTP reply reuses the bytes).
-    out: dict[str, Any] = orjson.loads(view) if isinstance(view, bytes | str) else view
+def _view(result: Any) -> dict[str, Any]:
+    """An accepted start or update: the view's JSON the shard encoded, decoded."""
+    assert isinstance(result, Ok), result
+    assert isinstance(result.value, bytes), result
+    out: dict[str, Any] = orjson.loads(result.value)
     return out
 
 
@@ -80,12 +84,11 @@ def _make_sessions(
             for k in range(index, n, SHARDS):
                 phone = f"+23320{k:07d}"
                 order_id, rider_id = f"ORD-{k}", f"RIDER-{k}"
-                [(ok, view)] = shard.handle([("start", order_id, rider_id, 5.6, -0.18, phone)])
-                assert ok == "ok", view
-                tid = _decoded(view)["tracking_id"]
+                [started] = shard.handle([Start(order_id, rider_id, 5.6, -0.18, phone)])
+                tid = _view(started)["tracking_id"]
                 for st in walk:
-                    [(ok, v)] = shard.handle([("update", tid, 5.61, -0.181, st, rider_id)])
-                    assert ok == "ok", v
+                    [updated] = shard.handle([Update(tid, 5.61, -0.181, Status(st), rider_id)])
+                    assert _view(updated)["status"] == st
                 sessions[tid] = {"order_id": order_id, "rider_id": rider_id, "phone": phone}
                 owed[tid] = [o for o in owed_for_walk(tid, walk, phone)
                              if (o.target == "order" and orders)
@@ -93,8 +96,6 @@ def _make_sessions(
         finally:
             store.close()
     return sessions, owed
-
-
 
 
 async def _drained(d: Dispatcher, seconds: float = 10) -> dict[str, int]:

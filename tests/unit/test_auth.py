@@ -13,7 +13,7 @@ import jwt
 import pytest
 
 from api.auth import ALGORITHM, USER_ROLES, Principal, Role, decode_token, mint_token, require_roles
-from engine.errors import Forbidden, Unauthenticated
+from engine.domain.errors import Forbidden, Unauthenticated
 
 SECRET = "unit-test-secret-" + "k" * 64  # long enough for HS512 too, so pyjwt does not warn
 FAR_FUTURE = 4_102_444_800  # 2100-01-01: exp that the test cannot outlive

@@ -6,18 +6,18 @@ import asyncio
 from pathlib import Path
 
 from engine.client import EngineClient
-from engine.local_runtime import LocalTransport
+from engine.protocol import Event, EventKind, Feed
+from engine.runtime.local import LocalTransport
 from engine.settings import Settings
-from engine.shard import Event
 from tests.support import RecordingSink
 
 
 def ev(seq: int) -> Event:
-    return ("TRK-1", "u", seq, b"{}", 0.0)
+    return Event("TRK-1", EventKind.LOCATION, seq, b"{}", 0.0)
 
 
 def seqs(sink: RecordingSink) -> list[int]:
-    return [e[2] for e in sink.events]
+    return [e.seq for e in sink.events]
 
 
 def feeds(tmp_path: Path, replies: list[tuple[str, int, list[int]]]) -> RecordingSink:
@@ -30,7 +30,7 @@ def feeds(tmp_path: Path, replies: list[tuple[str, int, list[int]]]) -> Recordin
         client.open_events("gw-1", sink)
         try:
             for epoch, base, seqs in replies:
-                client.feed(0, (epoch, base, [ev(s) for s in seqs]))
+                client.feed(0, Feed(epoch, base, [ev(s) for s in seqs]))
         finally:
             await client.close_events()
             await transport.close()

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.outbox_policy import BASE_S, CAP_S, Backoff, Outcome, classify, decide, describe
+from engine.domain.outbox_policy import BASE_S, CAP_S, Backoff, Outcome, classify, decide, describe
 
 
 @pytest.mark.parametrize("status", [200, 201, 202, 204, 299])

@@ -1,9 +1,10 @@
-"""The domain core imports nothing of ray, fastapi or asyncio, and reads no wall clock.
+"""The domain core (`engine.domain`) imports nothing of ray, fastapi or asyncio, and reads no
+wall clock. It may use serialization libraries (msgspec for its view structs, orjson).
 
-Two checks: the import statements of the domain modules (and of every engine module they reach)
-as written, with `ast`; and, in a fresh interpreter, that importing them loads no Ray or web
-framework at all (the standard library may pull in what it likes, so asyncio is judged by the
-modules' own imports).
+Two checks: the import statements of the domain modules (and of every engine module they reach,
+and the packages that importing them runs) as written, with `ast`; and, in a fresh interpreter,
+that importing them loads no Ray or web framework at all (the standard library may pull in what
+it likes, so asyncio is judged by the modules' own imports).
 """
 
 from __future__ import annotations
@@ -19,39 +20,53 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 DOMAIN = [
-    "engine.geo",
-    "engine.eta",
-    "engine.status",
-    "engine.session",
-    "engine.stats",
-    "engine.routing",
-    "engine.errors",
-    "engine.integrations",
+    "engine.domain.geo",
+    "engine.domain.eta",
+    "engine.domain.status",
+    "engine.domain.session",
+    "engine.domain.stats",
+    "engine.domain.routing",
+    "engine.domain.errors",
+    "engine.domain.integrations",
+    "engine.domain.outbox_policy",
+    "engine.domain.view",
 ]
+# The packages importing a domain module runs first (`engine/__init__.py`, ...).
+DOMAIN_PACKAGES = ["engine", "engine.domain"]
 # Frameworks and I/O shells, and the wall clock (time comes in as an argument).
 FORBIDDEN = {"ray", "fastapi", "starlette", "uvicorn", "asyncio", "time", "datetime"}
 NEVER_LOADED = ("ray", "fastapi", "starlette", "uvicorn")
 
 
 def module_path(name: str) -> Path:
-    return ROOT.joinpath(*name.split(".")).with_suffix(".py")
+    """The file of module `name`: `engine/store/__init__.py` for a package, else `.py`."""
+    base = ROOT.joinpath(*name.split("."))
+    package = base / "__init__.py"
+    return package if package.is_file() else base.with_suffix(".py")
+
+
+def is_package(name: str) -> bool:
+    return module_path(name).name == "__init__.py"
 
 
 def imports_of(name: str) -> set[str]:
-    """Absolute names of every module `name` imports, anywhere in the file (lazy ones too)."""
+    """Absolute names of every module `name` imports, anywhere in the file (lazy ones too),
+    and the packages above it (importing `engine.domain.geo` runs `engine.domain` first)."""
     tree = ast.parse(module_path(name).read_text(), filename=str(module_path(name)))
-    out: set[str] = set()
+    parts = name.split(".")
+    out: set[str] = {".".join(parts[:i]) for i in range(1, len(parts))}
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             out.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
-            if node.level:  # relative: drop `level` trailing parts of this module's name
-                base = ".".join(name.split(".")[: -node.level])
+            if node.level:  # relative: `.` is the package itself in an __init__, else the parent
+                drop = node.level - 1 if is_package(name) else node.level
+                base = ".".join(parts[: len(parts) - drop])
                 mod = f"{base}.{node.module}" if node.module else base
             else:
                 mod = node.module or ""
             out.add(mod)
-            # `from engine import geo` names a module too.
+            # `from engine.domain import geo` names a module too.
             out.update(f"{mod}.{alias.name}" for alias in node.names)
     return out
 
@@ -67,7 +82,7 @@ def closure(names: list[str]) -> dict[str, set[str]]:
         seen[name] = imports_of(name)
         todo.extend(
             m for m in seen[name]
-            if m.startswith("engine.") and module_path(m).exists() and m not in seen
+            if m.split(".")[0] == "engine" and module_path(m).exists() and m not in seen
         )  # fmt: skip
     return seen
 
@@ -75,6 +90,9 @@ def closure(names: list[str]) -> dict[str, set[str]]:
 def test_the_domain_modules_exist() -> None:
     for name in DOMAIN:
         assert module_path(name).is_file(), name
+        assert not is_package(name), name
+    for name in DOMAIN_PACKAGES:
+        assert is_package(name), name
 
 
 @pytest.mark.parametrize("name", DOMAIN)
@@ -85,9 +103,12 @@ def test_import_statements_stay_pure(name: str) -> None:
 
 
 def test_the_domain_reaches_only_domain_modules() -> None:
-    # engine.shard, engine.store, the runtimes... are shells around the core, not part of it.
+    # engine.shard, engine.protocol, engine.store, the runtimes... are shells around the core,
+    # not part of it.
     reached = set(closure(DOMAIN))
-    assert reached <= set(DOMAIN), sorted(reached - set(DOMAIN))
+    allowed = set(DOMAIN) | set(DOMAIN_PACKAGES)
+    assert reached <= allowed, sorted(reached - allowed)
+    assert set(DOMAIN_PACKAGES) <= reached  # the packages' own imports were checked too
 
 
 def test_the_scanner_sees_what_it_must() -> None:
@@ -96,10 +117,20 @@ def test_the_scanner_sees_what_it_must() -> None:
     assert "threading" in imports_of("engine.host")
     assert "asyncio" in imports_of("engine.client")
     assert "time" in imports_of("engine.clock")
-    assert {"engine.geo", "engine.status", "engine.errors"} <= set(closure(["engine.eta"]))
-    shells = closure(["engine.shard"])
-    assert "engine.store" in shells
-    assert any("time" in imports for imports in closure(["engine.local_runtime"]).values())
+    assert "msgspec" in imports_of("engine.domain.view")  # third-party imports are seen too
+    assert {"engine.domain.geo", "engine.domain.status", "engine.domain.errors"} <= set(
+        closure(["engine.domain.eta"])
+    )
+    # Packages are followed, and imports inside functions: engine.store opens SQLite lazily.
+    assert "engine.store.sqlite" in imports_of("engine.store")
+    shells = closure(["engine.shard", "engine.host"])
+    assert {"engine.protocol", "engine.store", "engine.store.base", "engine.store.sqlite"} <= set(
+        shells
+    )
+    assert "sqlite3" in shells["engine.store.sqlite"]
+    # The runtimes' closures reach the wall clock (engine.clock), and Ray is found where it is.
+    assert any("time" in imports for imports in closure(["engine.runtime.local"]).values())
+    assert "ray" in imports_of("engine.runtime.ray_cluster")
 
 
 def test_a_fresh_interpreter_loads_no_framework() -> None:

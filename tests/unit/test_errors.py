@@ -8,8 +8,8 @@ import pickle
 import pytest
 
 from api import errors as api_errors
-from engine import errors as e
-from engine.store import StoreError
+from engine.domain import errors as e
+from engine.store.sqlite import StoreError
 
 DEFINED = sorted(
     (
@@ -29,6 +29,7 @@ EXPECTED = {
     e.NotFound: (404, 1008),
     e.Expired: (410, 1008),
     e.Conflict: (409, None),
+    e.TooLarge: (413, 1009),  # beyond API.md: what the service takes is bounded
     e.Unavailable: (503, 1013),
 }
 

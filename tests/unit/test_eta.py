@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.eta import eta_seconds
-from engine.geo import EARTH_RADIUS_KM, haversine_km
-from engine.status import Status
+from engine.domain.eta import eta_seconds
+from engine.domain.geo import EARTH_RADIUS_KM, haversine_km
+from engine.domain.status import Status
 
 DROP = (5.6037, -0.1869)
 KM_PER_DEGREE = math.pi * EARTH_RADIUS_KM / 180

@@ -1,15 +1,23 @@
-"""Haversine distance (R = 6371 km) and the contract's coordinate rules."""
+"""Haversine distance (R = 6371 km) and the contract's coordinate rules.
+
+The domain assumes finite, in-range degrees; coordinates are validated where they come in: the
+HTTP request bodies (`api.models`) and the WebSocket reader (`engine.protocol`).
+"""
 
 from __future__ import annotations
 
+import json
 import math
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import BaseModel, ValidationError
 
-from engine.errors import InvalidInput
-from engine.geo import EARTH_RADIUS_KM, haversine_km, validate_coordinates
+from api.models import StartRequest, UpdateRequest
+from engine.domain.geo import EARTH_RADIUS_KM, haversine_km
+from engine.protocol import BadMessage, ReportLocation, read_client_message
 
 lats = st.floats(min_value=-90, max_value=90, allow_nan=False)
 lngs = st.floats(min_value=-180, max_value=180, allow_nan=False)
@@ -116,7 +124,42 @@ def test_accra_distance_matches_a_local_flat_projection() -> None:
     assert haversine_km(lat1, lng1, lat2, lng2) == pytest.approx(math.hypot(dx, dy), abs=1e-6)
 
 
-# -- coordinate validation -------------------------------------------------------------------
+# -- coordinate validation, where coordinates come in ----------------------------------------
+
+
+def _bodies(model: type[BaseModel], body: dict[str, Any]) -> list[BaseModel]:
+    """`body` validated as a decoded JSON body, and straight from its JSON text: both ways
+    must agree (raises ValidationError otherwise)."""
+    return [model.model_validate(body), model.model_validate_json(json.dumps(body))]
+
+
+def http_dropoff(lat: object, lng: object) -> list[tuple[float, float]]:
+    body = {"order_id": "ORD-1", "rider_id": "RIDER-1", "dropoff_lat": lat, "dropoff_lng": lng}
+    out = []
+    for m in _bodies(StartRequest, body):
+        assert isinstance(m, StartRequest)
+        out.append((m.dropoff_lat, m.dropoff_lng))
+    return out
+
+
+def http_location(lat: object, lng: object) -> list[tuple[float, float]]:
+    out = []
+    for m in _bodies(UpdateRequest, {"lat": lat, "lng": lng}):
+        assert isinstance(m, UpdateRequest)
+        out.append((m.lat, m.lng))
+    return out
+
+
+def ws_location(lat: object, lng: object) -> tuple[float, float]:
+    # The stdlib encoder writes NaN and Infinity as such (not JSON): what a sloppy client sends.
+    raw = json.dumps({"type": "location_update", "location": {"lat": lat, "lng": lng}})
+    msg = read_client_message(raw)
+    assert isinstance(msg, ReportLocation)
+    return msg.location.lat, msg.location.lng
+
+
+def accepted_everywhere(lat: object, lng: object) -> list[tuple[float, float]]:
+    return [*http_dropoff(lat, lng), *http_location(lat, lng), ws_location(lat, lng)]
 
 
 @pytest.mark.parametrize(
@@ -124,52 +167,63 @@ def test_accra_distance_matches_a_local_flat_projection() -> None:
     [(0, 0), (90, 180), (-90, -180), (90.0, -180.0), (-90.0, 180.0), (5.6037, -0.1869), (1, 2.5)],
 )
 def test_valid_coordinates_come_back_as_floats(lat: float, lng: float) -> None:
-    out = validate_coordinates(lat, lng)
-    assert out == (float(lat), float(lng))
-    assert all(type(x) is float for x in out)
+    for out in accepted_everywhere(lat, lng):
+        assert out == (float(lat), float(lng))
+        assert all(type(x) is float for x in out)
 
 
-@pytest.mark.parametrize(
-    ("lat", "lng", "field"),
-    [
-        (True, 0.0, "lat"),
-        (0.0, False, "lng"),
-        ("5.6", 0.0, "lat"),
-        (0.0, "0", "lng"),
-        (None, 0.0, "lat"),
-        (0.0, None, "lng"),
-        ([1.0], 0.0, "lat"),
-        (math.nan, 0.0, "lat"),
-        (0.0, math.nan, "lng"),
-        (math.inf, 0.0, "lat"),
-        (0.0, -math.inf, "lng"),
-        (90.0000001, 0.0, "lat"),
-        (-90.0000001, 0.0, "lat"),
-        (91, 0, "lat"),
-        (0.0, 180.0000001, "lng"),
-        (0.0, -180.0000001, "lng"),
-        (0, 181, "lng"),
-        (1e308, 0.0, "lat"),
-    ],
-)
+INVALID = [
+    (True, 0.0, "lat"),
+    (0.0, False, "lng"),
+    ("5.6", 0.0, "lat"),
+    (0.0, "0", "lng"),
+    (None, 0.0, "lat"),
+    (0.0, None, "lng"),
+    ([1.0], 0.0, "lat"),
+    (math.nan, 0.0, "lat"),
+    (0.0, math.nan, "lng"),
+    (math.inf, 0.0, "lat"),
+    (0.0, -math.inf, "lng"),
+    (90.0000001, 0.0, "lat"),
+    (-90.0000001, 0.0, "lat"),
+    (91, 0, "lat"),
+    (0.0, 180.0000001, "lng"),
+    (0.0, -180.0000001, "lng"),
+    (0, 181, "lng"),
+    (1e308, 0.0, "lat"),
+    (10**400, 0, "lat"),  # beyond float range: refused, never an OverflowError
+]
+
+
+def refused_everywhere(lat: object, lng: object, field: str) -> None:
+    """Each edge refuses, naming the field (a WebSocket message holding NaN or Infinity is not
+    JSON at all, and is refused as such)."""
+    with pytest.raises(ValidationError) as start:
+        http_dropoff(lat, lng)
+    assert {e["loc"] for e in start.value.errors()} == {(f"dropoff_{field}",)}
+    with pytest.raises(ValidationError) as update:
+        http_location(lat, lng)
+    assert {e["loc"] for e in update.value.errors()} == {(field,)}
+    with pytest.raises(BadMessage) as ws:
+        ws_location(lat, lng)
+    if any(isinstance(v, float) and not math.isfinite(v) for v in (lat, lng)):
+        assert str(ws.value) == "message is not valid JSON"
+    else:
+        assert ws.value.report
+        assert str(ws.value).startswith(f"invalid update: location.{field}:")
+
+
+@pytest.mark.parametrize(("lat", "lng", "field"), INVALID)
 def test_invalid_coordinates_are_refused_naming_the_field(
     lat: object, lng: object, field: str
 ) -> None:
-    with pytest.raises(InvalidInput) as info:
-        validate_coordinates(lat, lng, what="dropoff")
-    assert f"dropoff {field}" in info.value.detail
-
-
-def test_huge_integers_are_refused_not_crashing() -> None:
-    # float(10**400) overflows; it must still be a clean InvalidInput, not an OverflowError.
-    with pytest.raises(InvalidInput):
-        validate_coordinates(10**400, 0)
+    refused_everywhere(lat, lng, field)
 
 
 @settings(deadline=None)
 @given(lats, lngs)
 def test_every_in_range_float_is_accepted(lat: float, lng: float) -> None:
-    assert validate_coordinates(lat, lng) == (lat, lng)
+    assert set(accepted_everywhere(lat, lng)) == {(lat, lng)}
 
 
 @settings(deadline=None)
@@ -181,5 +235,4 @@ def test_every_in_range_float_is_accepted(lat: float, lng: float) -> None:
     )
 )
 def test_every_out_of_range_latitude_is_refused(lat: float) -> None:
-    with pytest.raises(InvalidInput):
-        validate_coordinates(lat, 0.0)
+    refused_everywhere(lat, 0.0, "lat")

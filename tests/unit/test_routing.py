@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.routing import RANDOM_BYTES, TRACKING_ID_PREFIX, new_tracking_id, shard_of
+from engine.domain.routing import RANDOM_BYTES, TRACKING_ID_PREFIX, new_tracking_id, shard_of
 
 ROOT = Path(__file__).resolve().parents[2]
 URL_SAFE_ID = re.compile(r"^TRK-[A-Za-z0-9_-]{20,}$")
@@ -44,7 +44,7 @@ def test_shard_of_is_the_same_in_another_process() -> None:
     # Unlike hash(), the placement must agree between API processes and shard actors.
     keys = ["ORD-1", "ORD-12345", "TRK-abcdefghijklmnopqrst", "ünïcødé", ""]
     code = (
-        "import sys; from engine.routing import shard_of; "
+        "import sys; from engine.domain.routing import shard_of; "
         "print([shard_of(k, n) for k in sys.argv[1:] for n in (2, 7, 64)])"
     )
     out = subprocess.run(

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import math
 
+import msgspec
 import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.clock import ManualClock
-from engine.errors import Conflict, Expired, Forbidden
-from engine.geo import EARTH_RADIUS_KM
-from engine.session import Change, Lifetimes, Session
-from engine.status import Status
+from engine.domain.errors import Conflict, Expired, Forbidden
+from engine.domain.geo import EARTH_RADIUS_KM
+from engine.domain.session import Change, Lifetimes, Session
+from engine.domain.status import Status
+from engine.domain.view import HistoryItem, Location, Point, View
 
 LT = Lifetimes(session_ttl_s=1000.0, delivered_ttl_s=100.0, purge_after_s=50.0, speed_kmh=30.0)
 DROP = (5.6037, -0.1869)
@@ -29,6 +31,12 @@ def new_session(clock: ManualClock, phone: str | None = PHONE) -> Session:
     return Session("TRK-abc", "ORD-1", "RIDER-1", *DROP, phone, clock())
 
 
+def public(v: View) -> dict[str, object]:
+    """The view as it goes out (JSON), which is what the contract is about."""
+    out: dict[str, object] = orjson.loads(msgspec.json.encode(v))
+    return out
+
+
 def state(s: Session) -> tuple[object, ...]:
     return (
         s.tracking_id, s.order_id, s.rider_id, s.phone, s.dropoff_lat, s.dropoff_lng,
@@ -40,17 +48,23 @@ def test_a_new_session() -> None:
     clock = ManualClock(1_704_067_800.25)
     s = new_session(clock)
     v = s.view()
-    assert set(v) >= CONTRACT_KEYS
-    assert v["tracking_id"] == "TRK-abc"
-    assert v["order_id"] == "ORD-1"
-    assert v["rider_id"] == "RIDER-1"
-    assert v["status"] == "ASSIGNED"
-    assert v["current_location"] is None
-    assert v["eta_seconds"] is None
-    assert v["dropoff"] == {"lat": DROP[0], "lng": DROP[1]}
-    assert v["updated_at"] == 1_704_067_800
-    assert v["started_at"] == 1_704_067_800
-    assert v["seq"] == 1
+    assert isinstance(v, View)
+    assert v.tracking_id == "TRK-abc"
+    assert v.order_id == "ORD-1"
+    assert v.rider_id == "RIDER-1"
+    assert v.status is Status.ASSIGNED
+    assert v.current_location is None
+    assert v.eta_seconds is None
+    assert v.dropoff == Point(DROP[0], DROP[1])
+    assert v.updated_at == 1_704_067_800
+    assert v.started_at == 1_704_067_800
+    assert v.seq == 1
+    out = public(v)
+    assert set(out) >= CONTRACT_KEYS
+    assert out["status"] == "ASSIGNED"
+    assert out["current_location"] is None
+    assert out["dropoff"] == {"lat": DROP[0], "lng": DROP[1]}
+    assert out["updated_at"] == 1_704_067_800
 
 
 def test_first_change_is_seq_one() -> None:
@@ -67,10 +81,11 @@ def test_the_view_never_carries_the_phone(phone: str | None) -> None:
         clock.advance(5)
         s.apply_update(5.61, -0.19, Status(status) if status else None, clock(), LT)
         views.append(s.view())
+    assert "phone" not in View.__struct_fields__
     for v in views:
-        assert "phone" not in v
+        assert "phone" not in public(v)
         if phone is not None:
-            assert phone.encode() not in orjson.dumps(v)
+            assert phone.encode() not in msgspec.json.encode(v)
 
 
 def test_an_accepted_update() -> None:
@@ -81,12 +96,13 @@ def test_an_accepted_update() -> None:
     ch = s.apply_update(lat, DROP[1], None, clock(), LT)
     v = s.view()
     assert ch == Change("TRK-abc", 2, Status.ASSIGNED, None, lat, DROP[1], clock())
-    assert v["seq"] == 2
-    assert v["status"] == "ASSIGNED"
-    assert v["current_location"] == {"lat": lat, "lng": DROP[1], "timestamp": int(clock())}
-    assert v["updated_at"] == int(clock())
-    assert v["started_at"] == int(clock() - 30.7)
-    assert v["eta_seconds"] == 300
+    assert v.seq == 2
+    assert v.status is Status.ASSIGNED
+    assert v.current_location == Location(lat, DROP[1], int(clock()))
+    assert public(v)["current_location"] == {"lat": lat, "lng": DROP[1], "timestamp": int(clock())}
+    assert v.updated_at == int(clock())
+    assert v.started_at == int(clock() - 30.7)
+    assert v.eta_seconds == 300
 
 
 def test_a_status_step_reports_the_previous_status() -> None:
@@ -99,13 +115,15 @@ def test_a_status_step_reports_the_previous_status() -> None:
 
 
 def test_history_item() -> None:
-    ch = Change("TRK-abc", 3, Status.PICKED_UP, Status.ASSIGNED, 5.6, -0.2, 1_704_067_850.9)
-    assert ch.history_item() == {
+    # A history item is what GET /tracking/{id}/history lists (the store builds it from a
+    # journaled Change, with `at` in whole seconds: see test_store).
+    item = HistoryItem(3, Status.PICKED_UP, Status.ASSIGNED, 5.6, -0.2, 1_704_067_850)
+    assert orjson.loads(msgspec.json.encode(item)) == {
         "seq": 3, "status": "PICKED_UP", "previous_status": "ASSIGNED",
         "lat": 5.6, "lng": -0.2, "at": 1_704_067_850,
     }  # fmt: skip
-    first = Change("TRK-abc", 1, Status.ASSIGNED, None, None, None, 10.0)
-    assert first.history_item()["previous_status"] is None
+    first = HistoryItem(1, Status.ASSIGNED, None, None, None, 10)
+    assert orjson.loads(msgspec.json.encode(first))["previous_status"] is None
 
 
 def test_delivery_sets_eta_zero_and_delivered_at_once() -> None:
@@ -115,7 +133,7 @@ def test_delivery_sets_eta_zero_and_delivered_at_once() -> None:
         s.apply_update(5.7, -0.19, status, clock(), LT)
     clock.advance(10)
     s.apply_update(5.7, -0.19, Status.DELIVERED, clock(), LT)
-    assert s.view()["eta_seconds"] == 0
+    assert s.view().eta_seconds == 0
     assert s.delivered_at == clock()
 
 
@@ -160,7 +178,7 @@ def test_seq_grows_by_one_per_accepted_change_only(requests: list[Status | None]
             continue
         accepted += 1
         assert ch.seq == s.seq == seq_before + 1
-        assert s.view()["seq"] == s.seq
+        assert s.view().seq == s.seq
     assert s.seq == 1 + accepted
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import stat
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -11,7 +12,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from engine.session import Lifetimes
+from engine.domain.session import Lifetimes
+from engine.host import HostSpec
 from engine.settings import SECRET_FILE, Settings
 
 
@@ -149,11 +151,13 @@ def test_invalid_environment_is_rejected(
         Settings()
 
 
-def test_public_dict_has_no_secret(tmp_path: Path) -> None:
-    d = Settings(jwt_secret="top-secret-value", data_dir=tmp_path).public_dict()
-    assert "jwt_secret" not in d
-    assert "top-secret-value" not in repr(d)
-    assert d["avg_speed_kmh"] == 30
+def test_what_a_shard_process_is_sent_has_no_secret(tmp_path: Path) -> None:
+    # A runtime sends each shard host its HostSpec (pickled to a Ray actor), never the settings.
+    s = Settings(jwt_secret="top-secret-value", data_dir=tmp_path, avg_speed_kmh=45)
+    spec = HostSpec.from_settings(s, 0)
+    assert "top-secret-value" not in repr(spec)
+    assert b"top-secret-value" not in pickle.dumps(spec)
+    assert spec.shard.lifetimes.speed_kmh == 45
 
 
 # -- the JWT secret ---------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from api.launcher import mint
+from harness import mint
 from sim.integrations import check_calls, expected_calls
 from sim.stubs import RecordedRequest
 

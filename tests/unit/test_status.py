@@ -6,8 +6,8 @@ import itertools
 
 import pytest
 
-from engine.errors import Conflict, InvalidInput, TrackingError
-from engine.status import ORDER, Status, check_transition, next_status, parse_status
+from engine.domain.errors import Conflict, InvalidInput, TrackingError
+from engine.domain.status import ORDER, Status, check_transition, next_status, parse_status
 
 A, P, T, D = Status.ASSIGNED, Status.PICKED_UP, Status.IN_TRANSIT, Status.DELIVERED
 

@@ -11,18 +11,22 @@ import orjson
 import pytest
 
 from engine.clock import ManualClock
-from engine.integrations import NOTIFICATION, ORDER, OutboxItem
-from engine.session import Change, Lifetimes, Session
+from engine.domain.integrations import NOTIFICATION, ORDER, OutboxItem
+from engine.domain.outbox_policy import Outcome
+from engine.domain.session import Change, Lifetimes, Session
+from engine.domain.status import Status
+from engine.domain.view import HistoryItem
+from engine.protocol import Ok, Start, Update
+from engine.runtime import Deployment
+from engine.settings import Settings
 from engine.shard import Shard, ShardConfig
-from engine.status import Status
-from engine.store import (
+from engine.store import StoreSpec, check_data_dir, check_store
+from engine.store.base import Entry, NullStore, OutboxMark, StoreError
+from engine.store.sqlite import (
     SCHEMA,
-    Entry,
-    NullStore,
-    OutboxStore,
+    SqliteOutbox,
     SqliteStore,
-    StoreError,
-    check_data_dir,
+    check_file,
     checkpoint_path,
     connect,
     shard_db_path,
@@ -74,6 +78,23 @@ def of(s: Session, changes: list[Change]) -> list[tuple[Session, Change]]:
 
 def starts(*sessions: Session) -> list[tuple[Session, Change]]:
     return [(s, s.first_change()) for s in sessions]
+
+
+def history_item(ch: Change) -> HistoryItem:
+    """What the history lists for a journaled change: `at` in whole seconds."""
+    return HistoryItem(ch.seq, ch.status, ch.previous_status, ch.lat, ch.lng, int(ch.at))
+
+
+def done(row_id: int, at: float) -> OutboxMark:
+    return OutboxMark(row_id, Outcome.DONE, at)
+
+
+def retry(row_id: int, at: float, next_at: float, error: str) -> OutboxMark:
+    return OutboxMark(row_id, Outcome.RETRY, at, next_at, error)
+
+
+def dead(row_id: int, at: float, error: str) -> OutboxMark:
+    return OutboxMark(row_id, Outcome.DEAD, at, error=error)
 
 
 def walk(s: Session, statuses: list[Status | None]) -> list[Change]:
@@ -215,19 +236,19 @@ def test_history_in_seq_order_with_cursor_and_limit(store: SqliteStore) -> None:
     # Interleaved with another session's changes, as a shard's batches are.
     store.commit([s, other], ids([(s, changes[0]), (other, other.first_change())]), [])
     store.commit([], ids(of(s, changes[1:3])), [])
-    store.commit([], ids([(other, other.apply_update(5.6, -0.18, None, T0 + 5, LT))]), [])
+    store.commit([], ids([(other, other.apply_update(5.6, -0.18, None, T0 + 5.9, LT))]), [])
     store.commit([], ids(of(s, changes[3:])), [])
     h = s.head
     full = store.history(h, 0, 100)
-    assert full == [c.history_item() for c in changes]
-    assert [h["seq"] for h in full] == [1, 2, 3, 4, 5]
-    assert full[2] == {"seq": 3, "status": "PICKED_UP", "previous_status": "ASSIGNED",
-                       "lat": 5.62, "lng": -0.19, "at": int(T0 + 20)}  # fmt: skip
-    assert [x["seq"] for x in store.history(h, 3, 100)] == [4, 5]
-    assert [x["seq"] for x in store.history(h, 0, 2)] == [1, 2]
-    assert [x["seq"] for x in store.history(h, 2, 2)] == [3, 4]
+    assert full == [history_item(c) for c in changes]
+    assert [h.seq for h in full] == [1, 2, 3, 4, 5]
+    assert full[2] == HistoryItem(3, Status.PICKED_UP, Status.ASSIGNED, 5.62, -0.19, int(T0 + 20))
+    assert [x.seq for x in store.history(h, 3, 100)] == [4, 5]
+    assert [x.seq for x in store.history(h, 0, 2)] == [1, 2]
+    assert [x.seq for x in store.history(h, 2, 2)] == [3, 4]
     assert store.history(h, 5, 100) == []
-    assert [x["seq"] for x in store.history(other.head, 0, 100)] == [1, 2]
+    assert [x.seq for x in store.history(other.head, 0, 100)] == [1, 2]
+    assert store.history(other.head, 1, 1)[0].at == int(T0) + 5  # whole seconds, truncated
     assert store.history(0, 0, 100) == []
 
 
@@ -242,10 +263,10 @@ def test_a_long_history_pages_in_order(store: SqliteStore) -> None:
     assert [m[0] for m in marks] == [256 * k for k in range(1, 8)]
     seqs: list[int] = []
     while page := store.history(s.head, seqs[-1] if seqs else 0, 150):
-        seqs.extend(x["seq"] for x in page)
+        seqs.extend(x.seq for x in page)
     assert seqs == list(range(1, 2002))
-    assert [x["seq"] for x in store.history(s.head, 255, 2)] == [256, 257]
-    assert [x["seq"] for x in store.history(s.head, 1990, 100)] == list(range(1991, 2002))
+    assert [x.seq for x in store.history(s.head, 255, 2)] == [256, 257]
+    assert [x.seq for x in store.history(s.head, 1990, 100)] == list(range(1991, 2002))
     store.purge([(s.tracking_id, s.head)])
     assert store.conn.execute("SELECT COUNT(*) FROM marks").fetchone()[0] == 0
 
@@ -263,7 +284,7 @@ def test_purge_forgets_sessions_but_never_owed_calls(db: Path, store: SqliteStor
     assert len(store.history(b.head, 0, 10)) == 2
     left = store.conn.execute("SELECT tracking_id, COUNT(*) FROM journal GROUP BY 1").fetchall()
     assert left == [("TRK-b", 2)]
-    outbox = OutboxStore(db)
+    outbox = SqliteOutbox(db)
     try:
         assert [r.tracking_id for r in outbox.due_heads(T0)] == ["TRK-a"]
     finally:
@@ -303,8 +324,8 @@ def test_a_version_2_file_is_migrated(db: Path) -> None:
     try:
         loaded = {s.tracking_id: s for s in store.load_sessions(LT)}
         assert {t: s.view() for t, s in loaded.items()} == {"TRK-a": a.view(), "TRK-b": b.view()}
-        assert store.history(loaded["TRK-a"].head, 0, 100) == [c.history_item() for c in ca]
-        assert store.history(loaded["TRK-b"].head, 0, 100) == [c.history_item() for c in cb]
+        assert store.history(loaded["TRK-a"].head, 0, 100) == [history_item(c) for c in ca]
+        assert store.history(loaded["TRK-b"].head, 0, 100) == [history_item(c) for c in cb]
         assert store.conn.execute("PRAGMA user_version").fetchone()[0] == 3
     finally:
         store.close()
@@ -337,13 +358,13 @@ def test_a_file_of_an_unknown_version_is_refused(db: Path) -> None:
 
 
 @pytest.fixture
-def outbox(db: Path, store: SqliteStore) -> Iterator[OutboxStore]:
-    o = OutboxStore(db)  # a second connection to the same file, as the dispatcher has
+def outbox(db: Path, store: SqliteStore) -> Iterator[SqliteOutbox]:
+    o = SqliteOutbox(db)  # a second connection to the same file, as the dispatcher has
     yield o
     o.close()
 
 
-def test_due_heads_keep_per_session_order(store: SqliteStore, outbox: OutboxStore) -> None:
+def test_due_heads_keep_per_session_order(store: SqliteStore, outbox: SqliteOutbox) -> None:
     store.commit([], [], [item("TRK-a", 1), item("TRK-b", 1), item("TRK-a", 2)])
     store.commit([], [], [item("TRK-a", 3)])
     heads = outbox.due_heads(T0)
@@ -355,39 +376,57 @@ def test_due_heads_keep_per_session_order(store: SqliteStore, outbox: OutboxStor
         NOTIFICATION, "/notifications", b'{"n": 1}', 0,
     )  # fmt: skip
     # The head waits for a retry: the session's later calls wait behind it.
-    outbox.mark_retry(a1.id, T0 + 30, "HTTP 503")
+    outbox.mark([retry(a1.id, T0, T0 + 30, "HTTP 503")])
     assert [r.idempotency_key for r in outbox.due_heads(T0 + 29)] == ["TRK-b:1"]
     retried = outbox.due_heads(T0 + 30)
     assert (retried[0].idempotency_key, retried[0].attempts) == ("TRK-a:1", 1)
-    outbox.mark_done(a1.id, T0 + 30)
+    outbox.mark([done(a1.id, T0 + 30)])
     heads = outbox.due_heads(T0 + 30)
     assert sorted(r.idempotency_key for r in heads) == ["TRK-a:2", "TRK-b:1"]
     a2 = next(r for r in heads if r.tracking_id == "TRK-a")
-    outbox.mark_dead(a2.id, T0 + 31, "HTTP 400 bad request")  # a 4xx is not retried forever
+    outbox.mark([dead(a2.id, T0 + 31, "HTTP 400 bad request")])  # a 4xx is not retried forever
     assert sorted(r.idempotency_key for r in outbox.due_heads(T0 + 31)) == ["TRK-a:3", "TRK-b:1"]
-    assert outbox.counts() == {"pending": 2, "done": 1, "dead": 1}
-    assert outbox.retries() == 1
-    dead = outbox.dead_letters(10)
-    assert [(d["idempotency_key"], d["last_error"], d["attempts"]) for d in dead] == [
+    assert outbox.counts() == {"pending": 2, "done": 1, "dead": 1, "retries": 1}
+    letters = outbox.dead_letters(10)
+    assert [(d["idempotency_key"], d["last_error"], d["attempts"]) for d in letters] == [
         ("TRK-a:2", "HTTP 400 bad request", 1),
     ]  # fmt: skip
-    assert dead[0]["body"] == '{"n": 2}'
+    assert letters[0]["body"] == '{"n": 2}'
 
 
-def test_due_heads_limit(store: SqliteStore, outbox: OutboxStore) -> None:
+def test_due_heads_limit(store: SqliteStore, outbox: SqliteOutbox) -> None:
     store.commit([], [], [item(f"TRK-{i}", 1) for i in range(5)])
     assert len(outbox.due_heads(T0, limit=3)) == 3
 
 
-def test_prune_done_keeps_pending_and_dead(store: SqliteStore, outbox: OutboxStore) -> None:
+def test_prune_done_keeps_pending_and_dead(store: SqliteStore, outbox: SqliteOutbox) -> None:
     store.commit([], [], [item("TRK-a", 1), item("TRK-b", 1), item("TRK-c", 1)])
     a, b, _ = outbox.due_heads(T0)
-    outbox.mark_done(a.id, T0 + 1)
-    outbox.mark_dead(b.id, T0 + 1, "HTTP 404")
+    outbox.mark([done(a.id, T0 + 1), dead(b.id, T0 + 1, "HTTP 404")])  # one transaction
     outbox.prune_done(T0 + 0.5)
-    assert outbox.counts() == {"pending": 1, "done": 1, "dead": 1}
+    assert outbox.counts() == {"pending": 1, "done": 1, "dead": 1, "retries": 0}
     outbox.prune_done(T0 + 2)
-    assert outbox.counts() == {"pending": 1, "done": 0, "dead": 1}
+    assert outbox.counts() == {"pending": 1, "done": 0, "dead": 1, "retries": 0}
+
+
+def test_marks_are_recorded_all_or_nothing(store: SqliteStore, outbox: SqliteOutbox) -> None:
+    store.commit([], [], [item("TRK-a", 1), item("TRK-b", 1)])
+    a, b = outbox.due_heads(T0)
+    outbox.mark([])
+    outbox.mark([retry(a.id, T0, T0 + 5, "HTTP 503"), retry(b.id, T0, T0 + 5, "timeout")])
+    assert [(r.id, r.attempts) for r in outbox.due_heads(T0 + 5)] == [(a.id, 1), (b.id, 1)]
+    # A mark that cannot be written takes the others of its call down with it.
+    outbox.conn.execute(
+        f"CREATE TRIGGER refuse BEFORE UPDATE ON outbox WHEN NEW.id = {b.id}"
+        " AND NEW.state = 'done' BEGIN SELECT RAISE(ABORT, 'refused'); END"
+    )
+    with pytest.raises(sqlite3.IntegrityError):
+        outbox.mark([done(a.id, T0 + 5), done(b.id, T0 + 5)])
+    assert outbox.counts() == {"pending": 2, "done": 0, "dead": 0, "retries": 0}
+    # No transaction was left open: the next marks are recorded.
+    outbox.mark([done(a.id, T0 + 6), retry(b.id, T0 + 6, T0 + 9, "HTTP 503")])
+    # Each was tried twice now: one retry each, the delivered one's included.
+    assert outbox.counts() == {"pending": 1, "done": 1, "dead": 0, "retries": 2}
 
 
 def shard_outbox(tmp_path: Path, phone: str | None, order: bool, notify: bool) -> list[Any]:
@@ -397,21 +436,23 @@ def shard_outbox(tmp_path: Path, phone: str | None, order: bool, notify: bool) -
     db = shard_db_path(tmp_path, 0)
     shard = Shard(cfg, SqliteStore(db), clock)
     try:
-        res = shard.handle([("start", "ORD-9", "RIDER-9", *DROP, phone)])[0]
-        view = res[1] if isinstance(res[1], dict) else orjson.loads(res[1])
-        tid = view["tracking_id"]
-        for status in (None, "PICKED_UP", None, "IN_TRANSIT", "DELIVERED"):
+        res = shard.handle([Start("ORD-9", "RIDER-9", *DROP, phone)])[0]
+        assert isinstance(res, Ok), res
+        assert isinstance(res.value, bytes), res
+        tid = orjson.loads(res.value)["tracking_id"]
+        for status in (None, Status.PICKED_UP, None, Status.IN_TRANSIT, Status.DELIVERED):
             clock.advance(60)
-            assert shard.handle([("update", tid, 5.61, -0.19, status, "RIDER-9")])[0][0] == "ok"
+            res = shard.handle([Update(tid, 5.61, -0.19, status, "RIDER-9")])[0]
+            assert isinstance(res, Ok), res
     finally:
         shard.store.close()
-    o = OutboxStore(db)
+    o = SqliteOutbox(db)
     try:
         rows = []
         while heads := o.due_heads(T0 + 10_000):
             for r in heads:
                 rows.append((r.target, r.path, r.idempotency_key, orjson.loads(r.body)))
-                o.mark_done(r.id, T0 + 10_000)
+                o.mark([done(r.id, T0 + 10_000)])
         return [tid, rows]
     finally:
         o.close()
@@ -467,21 +508,44 @@ def test_a_corrupt_shard_file_is_reported_by_name(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="shard-001"):
         connect(bad, check=True)
     with pytest.raises(StoreError, match="shard-001"):
-        check_data_dir(tmp_path, 2)
+        check_file(bad)
+    check_data_dir(tmp_path)
+    check_store(StoreSpec(tmp_path, 2), 0)
+    with pytest.raises(StoreError, match="shard-001"):
+        check_store(StoreSpec(tmp_path, 2), 1)
+    # What `tracking serve` runs before anything starts (the local runtime needs no Ray).
+    with pytest.raises(StoreError, match="shard-001"):
+        Deployment(Settings(data_dir=tmp_path, engine="local", shards=2)).start()
 
 
 def test_a_data_dir_that_is_a_file_is_refused(tmp_path: Path) -> None:
     f = tmp_path / "plain-file"
     f.write_text("x")
     with pytest.raises(StoreError, match="plain-file"):
-        check_data_dir(f, 1)
+        check_data_dir(f)
+    with pytest.raises(StoreError, match="plain-file"):
+        Deployment(Settings(data_dir=f, engine="local", shards=1)).start()
     with pytest.raises(StoreError):
         SqliteStore(f / "shard-000.sqlite3")
 
 
-def test_check_data_dir_creates_the_shard_files(tmp_path: Path) -> None:
+def test_the_startup_checks_create_the_shard_files(tmp_path: Path) -> None:
     data = tmp_path / "new" / "dir"
-    check_data_dir(data, 3)
+    check_data_dir(data)
+    assert data.is_dir()
+    for i in range(3):
+        check_store(StoreSpec(data, 3), i)
     assert sorted(p.name for p in data.glob("shard-*.sqlite3")) == [
         "shard-000.sqlite3", "shard-001.sqlite3", "shard-002.sqlite3",
     ]  # fmt: skip
+    other = tmp_path / "other"
+    assert Deployment(Settings(data_dir=other, engine="local", shards=2)).start() == {}
+    assert sorted(p.name for p in other.glob("shard-*.sqlite3")) == [
+        "shard-000.sqlite3", "shard-001.sqlite3",
+    ]  # fmt: skip
+
+
+def test_without_a_journal_no_file_is_opened(tmp_path: Path) -> None:
+    spec = StoreSpec(tmp_path, 2, journal=False)
+    check_store(spec, 0)
+    assert list(tmp_path.iterdir()) == []

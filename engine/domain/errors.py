@@ -62,6 +62,12 @@ class Conflict(TrackingError):
     code = "conflict"
 
 
+class TooLarge(TrackingError):
+    """A request or message bigger than the service takes."""
+
+    code = "too_large"
+
+
 class Unavailable(TrackingError):
     """The engine cannot answer right now (a shard is restarting); retrying later may work."""
 
@@ -70,7 +76,10 @@ class Unavailable(TrackingError):
 
 _BY_CODE: dict[str, type[TrackingError]] = {
     cls.code: cls
-    for cls in (InvalidInput, Unauthenticated, Forbidden, NotFound, Expired, Conflict, Unavailable)
+    for cls in (
+        InvalidInput, Unauthenticated, Forbidden, NotFound, Expired, Conflict, TooLarge,
+        Unavailable,
+    )
 }
 
 

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import orjson
 
-from engine.session import Change, Session
-from engine.status import Status
+from engine.domain.session import Change, Session
+from engine.domain.status import Status
 
 ORDER = "order"
 NOTIFICATION = "notification"

@@ -1,6 +1,6 @@
 """The embedded durable store: one SQLite file per shard holding the journal and the outbox.
 
-`Store` is the interface a networked store for a multi-machine cluster would implement. Every
+It implements `engine.store.base`'s interfaces for one box (no server to run). Every
 batch a shard accepts is committed in one transaction (one fsync: group commit) before any of it
 is acknowledged; the outbox rows of that batch are in the same transaction.
 
@@ -19,16 +19,23 @@ import logging
 import os
 import sqlite3
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 
-from engine.errors import TrackingError
-from engine.integrations import OutboxItem
-from engine.session import ROW_COLUMNS, Change, Lifetimes, Session
-from engine.status import Status
+from engine.domain.integrations import OutboxItem
+from engine.domain.outbox_policy import Outcome
+from engine.domain.session import ROW_COLUMNS, Change, Lifetimes, Session
+from engine.domain.status import Status
+from engine.domain.view import HistoryItem
+from engine.store.base import (
+    CheckpointRow,
+    Entry,
+    OutboxMark,
+    OutboxRow,
+    StoreError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,85 +69,6 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (state, id);
 """
-
-
-class StoreError(TrackingError):
-    """The data directory or a store file cannot be used."""
-
-    code = "store"
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxRow:
-    id: int
-    tracking_id: str
-    target: str
-    path: str
-    body: bytes
-    idempotency_key: str
-    attempts: int
-    next_attempt_at: float
-
-
-# A journaled change: (journal id, journal id of the session's previous change or 0, change).
-Entry = tuple[int, int, Change]
-# A session's state in a checkpoint: (tracking id, seq, status, lat, lng, at, journal id).
-CheckpointRow = tuple[str, int, str, float | None, float | None, float, int]
-
-
-class Store(Protocol):
-    """What a shard needs from durable storage."""
-
-    def load_sessions(self, lt: Lifetimes) -> list[Session]:
-        """Every session not yet purged, its `head` set to the journal id of its last change."""
-
-    def journal_high(self) -> int:
-        """The highest journal id used so far (ids of new entries must be greater)."""
-
-    def commit(
-        self, created: Iterable[Session], entries: Sequence[Entry], outbox: Sequence[OutboxItem]
-    ) -> None:
-        """Durably record new sessions, accepted changes and owed calls, all or nothing."""
-
-    def history(self, head: int, since_seq: int, limit: int) -> list[dict[str, Any]]:
-        """Changes of the session whose last change is journal id `head`, after `since_seq`."""
-
-    def purge(self, sessions: Sequence[tuple[str, int]]) -> None:
-        """Forget sessions, given as (tracking id, journal id of the last change)."""
-
-    def write_checkpoint(self, upto: int, count: int, chunks: Sequence[bytes]) -> None:
-        """Durably replace the checkpoint: sessions' states as of journal id `upto` (at least).
-
-        `chunks` are JSON arrays of `count` CheckpointRows in all. Runs on a worker thread."""
-
-    def close(self) -> None: ...
-
-
-class NullStore:
-    """No journal (benchmarks of the journal's cost; never the default)."""
-
-    def load_sessions(self, lt: Lifetimes) -> list[Session]:
-        return []
-
-    def journal_high(self) -> int:
-        return 0
-
-    def commit(
-        self, created: Iterable[Session], entries: Sequence[Entry], outbox: Sequence[OutboxItem]
-    ) -> None:
-        return None
-
-    def history(self, head: int, since_seq: int, limit: int) -> list[dict[str, Any]]:
-        return []
-
-    def purge(self, sessions: Sequence[tuple[str, int]]) -> None:
-        return None
-
-    def write_checkpoint(self, upto: int, count: int, chunks: Sequence[bytes]) -> None:
-        return None
-
-    def close(self) -> None:
-        return None
 
 
 def shard_db_path(data_dir: Path, shard: int) -> Path:
@@ -394,15 +322,14 @@ class SqliteStore:
             os.close(dir_fd)
 
     # -- reading and forgetting -----------------------------------------------------------------
-    def history(self, head: int, since_seq: int, limit: int) -> list[dict[str, Any]]:
+    def history(self, head: int, since_seq: int, limit: int) -> list[HistoryItem]:
         if head <= 0:
             return []
         # Start from the session's first mark past the page, if any, instead of its newest row.
         mark = self.conn.execute(_MARK, (head, since_seq + limit)).fetchone()
         cur = self.conn.execute(_HISTORY, (mark[0] if mark else head, since_seq, limit))
         return [
-            {"seq": seq, "status": st, "previous_status": prev, "lat": lat, "lng": lng,
-             "at": int(at)}
+            HistoryItem(seq, Status(st), Status(prev) if prev else None, lat, lng, int(at))
             for seq, st, prev, lat, lng, at in cur
         ]
 
@@ -427,19 +354,14 @@ class SqliteStore:
         self.conn.close()
 
 
-class OutboxStore:
-    """The dispatcher's side of one shard file's outbox."""
+class SqliteOutbox:
+    """The dispatcher's side of one shard file's outbox (`engine.store.base.OutboxStore`)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.conn = connect(path)
 
     def due_heads(self, now: float, limit: int = 200) -> list[OutboxRow]:
-        """The oldest pending call of each session to each receiver, when it is due.
-
-        Order holds per session and receiver: an outage of the notification service does not
-        hold back the order service's DELIVERED call (neither receiver sees the other's calls).
-        """
         cur = self.conn.execute(
             "SELECT o.id, o.tracking_id, o.target, o.path, o.body, o.idempotency_key,"
             " o.attempts, o.next_attempt_at FROM outbox o"
@@ -450,35 +372,42 @@ class OutboxStore:
         )
         return [OutboxRow(*r) for r in cur]
 
-    def mark_done(self, row_id: int, now: float) -> None:
-        self.conn.execute(
-            "UPDATE outbox SET state = 'done', attempts = attempts + 1, finished_at = ?"
-            " WHERE id = ?", (now, row_id),
-        )
-
-    def mark_retry(self, row_id: int, next_at: float, error: str) -> None:
-        self.conn.execute(
-            "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?, last_error = ?"
-            " WHERE id = ?", (next_at, error[:500], row_id),
-        )
-
-    def mark_dead(self, row_id: int, now: float, error: str) -> None:
-        self.conn.execute(
-            "UPDATE outbox SET state = 'dead', attempts = attempts + 1, finished_at = ?,"
-            " last_error = ? WHERE id = ?", (now, error[:500], row_id),
-        )
+    def mark(self, marks: Sequence[OutboxMark]) -> None:
+        c = self.conn
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            for m in marks:
+                if m.outcome is Outcome.DONE:
+                    c.execute(
+                        "UPDATE outbox SET state = 'done', attempts = attempts + 1,"
+                        " finished_at = ? WHERE id = ?", (m.at, m.row_id),
+                    )
+                elif m.outcome is Outcome.RETRY:
+                    c.execute(
+                        "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?,"
+                        " last_error = ? WHERE id = ?",
+                        (m.next_at, (m.error or "")[:500], m.row_id),
+                    )
+                else:
+                    c.execute(
+                        "UPDATE outbox SET state = 'dead', attempts = attempts + 1,"
+                        " finished_at = ?, last_error = ? WHERE id = ?",
+                        (m.at, (m.error or "")[:500], m.row_id),
+                    )
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
 
     def counts(self) -> dict[str, int]:
         out = {"pending": 0, "done": 0, "dead": 0}
         for state, n in self.conn.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state"):
             out[state] = n
-        return out
-
-    def retries(self) -> int:
         row = self.conn.execute(
             "SELECT COALESCE(SUM(attempts - 1), 0) FROM outbox WHERE attempts > 1"
         ).fetchone()
-        return int(row[0]) if row else 0
+        out["retries"] = int(row[0]) if row else 0
+        return out
 
     def dead_letters(self, limit: int) -> list[dict[str, Any]]:
         cur = self.conn.execute(
@@ -502,15 +431,6 @@ class OutboxStore:
         self.conn.close()
 
 
-def check_data_dir(data_dir: Path, shards: int) -> None:
-    """Fail early with a clear StoreError when the data dir or a shard file is unusable."""
-    if data_dir.exists() and not data_dir.is_dir():
-        raise StoreError(f"data directory {data_dir} is not a directory")
-    try:
-        data_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise StoreError(f"data directory {data_dir} cannot be created: {e}") from e
-    if not os.access(data_dir, os.W_OK):
-        raise StoreError(f"data directory {data_dir} is not writable")
-    for i in range(shards):
-        connect(shard_db_path(data_dir, i), check=True).close()
+def check_file(path: Path) -> None:
+    """Open a shard file with an integrity check (StoreError if unusable), then close it."""
+    connect(path, check=True).close()

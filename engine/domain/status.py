@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from engine.errors import Conflict, InvalidInput
+from engine.domain.errors import Conflict, InvalidInput
 
 
 class Status(StrEnum):

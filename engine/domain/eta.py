@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from engine.geo import haversine_km
-from engine.status import Status
+from engine.domain.geo import haversine_km
+from engine.domain.status import Status
 
 
 def eta_seconds(

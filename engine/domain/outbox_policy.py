@@ -35,7 +35,7 @@ class Backoff:
     def ceiling(self, failures: int) -> float:
         """The longest wait after the `failures`-th failed attempt (1 for the first)."""
         exponent = min(max(failures, 1) - 1, _MAX_EXPONENT)
-        return float(min(self.cap_s, self.base_s * 2**exponent))
+        return min(self.cap_s, self.base_s * float(2.0**exponent))
 
     def delay(self, failures: int, rng: random.Random) -> float:
         return rng.uniform(0.0, self.ceiling(failures))

@@ -17,7 +17,8 @@ from pathlib import Path
 from types import TracebackType
 
 import httpx
-import jwt
+
+from engine.tokens import mint_token
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -30,8 +31,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def mint(secret: str, role: str, sub: str, ttl_s: int = 3600) -> str:
     """A bearer token as `tracking token` would print it."""
-    now = int(time.time())
-    return jwt.encode({"sub": sub, "role": role, "iat": now, "exp": now + ttl_s}, secret, "HS256")
+    return mint_token(secret, role, sub, ttl_s)
 
 
 class PortTaken(RuntimeError):
@@ -83,6 +83,10 @@ class ServerProcess:
     startup_timeout_s: float = 90.0
     log_path: str = ""
     extra_args: tuple[str, ...] = ()
+    # Another checkout's server (e.g. a `git worktree` of an older commit, with its own venv):
+    # its interpreter and its root, the working directory the server starts in.
+    python: str = sys.executable
+    cwd: str | None = None
     proc: subprocess.Popen[bytes] | None = None
     _tmp: tempfile.TemporaryDirectory[str] | None = None
 
@@ -124,13 +128,14 @@ class ServerProcess:
         if not self.log_path:
             self.log_path = str(Path(self.data_dir) / f"server-{self.port}.log")
         cmd = [
-            sys.executable, "-m", "api.cli", "serve",
+            self.python, "-m", "api.cli", "serve",
             "--host", self.host, "--port", str(self.port), "--workers", str(self.workers),
             *self.extra_args,
         ]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                cwd=self.cwd,
             )
         self.wait_ready()
         return self

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-from engine.errors import Expired, Forbidden
-from engine.eta import eta_seconds
-from engine.status import Status, check_transition
+from engine.domain.errors import Expired, Forbidden
+from engine.domain.eta import eta_seconds
+from engine.domain.status import Status, check_transition
+from engine.domain.view import Location, Point, View
+
+# A session's fixed facts, as journaled once at its start (the order of ROW_COLUMNS).
+SessionRow = tuple[str, str, str, str | None, float, float, float]
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,19 +35,10 @@ class Change:
     lng: float | None
     at: float
 
-    def history_item(self) -> dict[str, Any]:
-        return {
-            "seq": self.seq,
-            "status": self.status.value,
-            "previous_status": self.previous_status.value if self.previous_status else None,
-            "lat": self.lat,
-            "lng": self.lng,
-            "at": int(self.at),
-        }
-
 
 class Session:
-    """A delivery being tracked. Changed only through `start`, `apply_update` and `restore`."""
+    """A delivery being tracked: created by the constructor (its start) or by `restore`, then
+    changed only through `apply_update`."""
 
     __slots__ = (
         "delivered_at",
@@ -148,35 +142,28 @@ class Session:
         )
 
     # -- views ------------------------------------------------------------------------------
-    def view(self) -> dict[str, Any]:
+    def view(self) -> View:
         """The public view of API.md (never the phone), plus `seq` and `started_at`."""
         loc = None
         if self.lat is not None and self.lng is not None and self.loc_ts is not None:
-            loc = {"lat": self.lat, "lng": self.lng, "timestamp": int(self.loc_ts)}
-        return {
-            "tracking_id": self.tracking_id,
-            "order_id": self.order_id,
-            "rider_id": self.rider_id,
-            "status": self.status.value,
-            "current_location": loc,
-            "dropoff": {"lat": self.dropoff_lat, "lng": self.dropoff_lng},
-            "eta_seconds": self.eta,
-            "updated_at": int(self.updated_at),
-            "seq": self.seq,
-            "started_at": int(self.started_at),
-        }
+            loc = Location(self.lat, self.lng, int(self.loc_ts))
+        return View(
+            self.tracking_id, self.order_id, self.rider_id, self.status, loc,
+            Point(self.dropoff_lat, self.dropoff_lng), self.eta, int(self.updated_at), self.seq,
+            int(self.started_at),
+        )
 
     # -- persistence ------------------------------------------------------------------------
     # The journal holds the session's fixed facts once (at start) and one row per accepted
     # change; the state is the last change, so an update writes a single narrow row.
-    def to_row(self) -> tuple[Any, ...]:
+    def to_row(self) -> SessionRow:
         return (
             self.tracking_id, self.order_id, self.rider_id, self.phone,
             self.dropoff_lat, self.dropoff_lng, self.started_at,
         )
 
     @classmethod
-    def restore(cls, row: tuple[Any, ...], last: Change, lt: Lifetimes) -> Session:
+    def restore(cls, row: SessionRow, last: Change, lt: Lifetimes) -> Session:
         """Rebuild a session from its fixed facts and its last journaled change."""
         tid, order_id, rider_id, phone, dlat, dlng, started_at = row
         s = cls(tid, order_id, rider_id, dlat, dlng, phone, started_at)

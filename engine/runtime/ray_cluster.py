@@ -1,0 +1,323 @@
+"""Every call into Ray lives in this module.
+
+Shards run as named, detached Ray actors (`tracking-shard-NNN` in the configured namespace),
+found by any API process that joins the same cluster and restarted by Ray when they die (the
+restarted shard reloads its sessions from the store). Ray places, supervises and finds them;
+their traffic goes over their own sockets (`engine.runtime.channel`), a Ray call costing the
+caller about a millisecond of CPU. Without `TRACKING_RAY_ADDRESS` the service starts a private,
+lean Ray instance (`address="local"`, no dashboard), whatever `ray start` left on the machine.
+
+Every Ray call that can wait has a bound: on the way in (a cluster address that does not
+answer) and on the way out (a service told to stop after its raylet died of the same signal).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import ray
+from ray.exceptions import GetTimeoutError, RayError
+
+from engine.domain.errors import Unavailable
+from engine.host import HostSpec
+from engine.runtime import ClusterUnreachable
+from engine.runtime.channel import Endpoint, SocketTransport
+from engine.settings import Settings
+from engine.store.base import StoreError
+
+log = logging.getLogger(__name__)
+
+SHARD_NAME = "tracking-shard-{:03d}"
+DISPATCHER_NAME = "tracking-outbox"
+# Ray 2.60 turns token auth on by default; the head and every driver must agree. An embedded
+# instance on loopback needs none, so default it off unless the operator set it.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# Ray starts workers at niceness 15; shards are the service's hot path, not background work,
+# and at 15 they starve behind the API processes whenever the cores are busy. (Read by the
+# raylet this process starts; a cluster joined by address keeps its own setting.)
+os.environ.setdefault("RAY_worker_niceness", "0")
+
+READY_TIMEOUT_S = 120.0  # a shard's first start (store load) may take this long
+TEARDOWN_TIMEOUT_S = 5.0
+
+
+class _ShardActor:
+    """Ray actor body: a ShardHost built inside the actor process, served on its own socket
+    (`engine.runtime.channel`); Ray calls only find it (`endpoint`) and check it (`ping`).
+
+    A store that cannot be opened leaves the actor up, answering its reason to `ping`, so the
+    caller can report it.
+    """
+
+    def __init__(self, spec: HostSpec) -> None:
+        from engine.host import make_host, tune_gc
+        from engine.runtime.channel import ChannelServer
+
+        logging.basicConfig(level=logging.INFO)
+        self.broken: str | None = None
+        try:
+            self.host = make_host(spec)
+        except StoreError as e:
+            self.broken = e.detail
+            return
+        address: str = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
+        self.channel = ChannelServer(self.host, address)
+        self._endpoint = self.channel.endpoint(address)
+        tune_gc()
+
+    def endpoint(self) -> Endpoint | None:
+        return None if self.broken is not None else self._endpoint
+
+    def ping(self) -> int | str:
+        """Sessions held, or why the shard cannot serve."""
+        return self.broken if self.broken is not None else self.host.ping()
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+# A few threads, so that finding the shard (`endpoint`) never waits behind a `ping` that waits for
+# the shard's lock.
+ShardActor = ray.remote(max_concurrency=4)(_ShardActor)  # type: ignore[call-overload]
+
+
+class _DispatcherActor:
+    """Ray actor body: the outbox dispatcher, one per namespace, delivering every shard's outbox."""
+
+    def __init__(self, settings_json: str) -> None:
+        from engine.dispatcher import Dispatcher
+
+        logging.basicConfig(level=logging.INFO)
+        self.dispatcher = Dispatcher(Settings.model_validate_json(settings_json))
+        self.task: asyncio.Task[None] | None = None
+        # An async actor's __init__ runs on its event loop (Ray 2.60), so delivery resumes by
+        # itself when Ray restarts this actor; `start()` covers runtimes where it does not.
+        with contextlib.suppress(RuntimeError):
+            self._launch()
+
+    def _launch(self) -> None:
+        if self.task is not None and self.task.done():
+            if not self.task.cancelled() and self.task.exception() is not None:
+                log.error("outbox dispatcher stopped: %r; restarting it", self.task.exception())
+            self.task = None
+        if self.task is None:
+            self.task = asyncio.get_running_loop().create_task(self.dispatcher.run())
+
+    async def start(self) -> bool:
+        self._launch()
+        return True
+
+    async def counts(self) -> dict[str, int]:
+        return await self.dispatcher.counts()
+
+    async def dead_letters(self, limit: int) -> list[dict[str, Any]]:
+        return await self.dispatcher.dead_letters(limit)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+DispatcherActor = ray.remote(_DispatcherActor)
+
+
+# -- the instance ---------------------------------------------------------------------------------
+
+
+def join(settings: Settings) -> None:
+    """Join the configured cluster, or start a private lean local instance (idempotent)."""
+    if ray.is_initialized():
+        return
+    common: dict[str, Any] = {
+        "namespace": settings.ray_namespace,
+        "logging_level": logging.WARNING,
+        "log_to_driver": False,
+    }
+    if settings.ray_address:
+        try:
+            ray.init(address=settings.ray_address, **common)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise ClusterUnreachable(
+                f"the Ray cluster at {settings.ray_address} (TRACKING_RAY_ADDRESS) did not answer:"
+                f" {e}"
+            ) from e
+    else:
+        ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1", **common)
+
+
+def start_local_for_tests() -> str:
+    """A private local Ray instance for a test session; returns the address servers join."""
+    ray.init(
+        address="local",
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        logging_level=logging.WARNING,
+        log_to_driver=False,
+    )
+    return address()
+
+
+def address() -> str:
+    """The GCS address of the Ray instance this process joined."""
+    gcs: str = ray.get_runtime_context().gcs_address
+    return gcs
+
+
+def shutdown() -> None:
+    """Leave (or stop, when this process started it) the Ray instance, within a bound."""
+    if ray.is_initialized():
+        _bounded(ray.shutdown, TEARDOWN_TIMEOUT_S, "ray.shutdown")
+
+
+def _bounded(fn: Callable[[], object], timeout_s: float, what: str) -> bool:
+    """Run `fn` on a daemon thread; give up on it after `timeout_s` (it may hang forever when
+    the raylet or GCS died first). True when it finished."""
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            fn()
+        except Exception as e:
+            log.warning("%s failed: %s", what, e)
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name=f"bounded-{what}", daemon=True).start()
+    if not done.wait(timeout_s):
+        log.warning("%s did not finish within %.0f s; going on without it", what, timeout_s)
+        return False
+    return True
+
+
+# -- the actors -----------------------------------------------------------------------------------
+
+
+def _shard_options(settings: Settings, index: int) -> dict[str, Any]:
+    return {
+        "name": SHARD_NAME.format(index),
+        "namespace": settings.ray_namespace,
+        "lifetime": "detached",
+        "get_if_exists": True,
+        "max_restarts": -1,
+        "num_cpus": 0,
+    }
+
+
+def ensure_shards(settings: Settings) -> list[Any]:
+    """Create the shard actors, or find them if another process already did; wait until they
+    answer. StoreError when a shard cannot open its store (the actors are then removed)."""
+    actor: Any = ShardActor
+    handles = [
+        actor.options(**_shard_options(settings, i)).remote(HostSpec.from_settings(settings, i))
+        for i in range(settings.shards)
+    ]
+    answers = ray.get([h.ping.remote() for h in handles], timeout=READY_TIMEOUT_S)
+    broken = [a for a in answers if isinstance(a, str)]
+    if broken:
+        kill_all(settings)
+        raise StoreError(broken[0])
+    return handles
+
+
+def ensure_dispatcher(settings: Settings) -> Any:
+    """Create the namespace's outbox dispatcher actor, or find it; make sure it is delivering."""
+    actor: Any = DispatcherActor
+    handle = actor.options(
+        name=DISPATCHER_NAME,
+        namespace=settings.ray_namespace,
+        lifetime="detached",
+        get_if_exists=True,
+        max_restarts=-1,
+        num_cpus=0,
+    ).remote(settings.model_dump_json())
+    ray.get(handle.start.remote(), timeout=READY_TIMEOUT_S)
+    return handle
+
+
+def _find(name: str, namespace: str) -> Any | None:
+    try:
+        return ray.get_actor(name, namespace=namespace)
+    except ValueError:
+        return None
+
+
+def shards_exist(settings: Settings) -> bool:
+    return _find(SHARD_NAME.format(0), settings.ray_namespace) is not None
+
+
+def process_ids(settings: Settings) -> dict[str, int]:
+    """The pid of each shard actor (`shard-NNN`) and of the dispatcher (`outbox`), when up."""
+    out: dict[str, int] = {}
+    names = [(f"shard-{i:03d}", SHARD_NAME.format(i)) for i in range(settings.shards)]
+    for key, name in [*names, ("outbox", DISPATCHER_NAME)]:
+        handle = _find(name, settings.ray_namespace)
+        if handle is not None:
+            try:
+                out[key] = ray.get(handle.pid.remote(), timeout=READY_TIMEOUT_S)
+            except (RayError, GetTimeoutError):
+                continue
+    return out
+
+
+def kill_all(settings: Settings) -> None:
+    """Kill the shard actors and the outbox dispatcher of this namespace (shutdown), within a
+    bound: when the cluster is already gone there is nothing left to kill."""
+
+    def kill() -> None:
+        names = [SHARD_NAME.format(i) for i in range(settings.shards)] + [DISPATCHER_NAME]
+        for name in names:
+            handle = _find(name, settings.ray_namespace)
+            if handle is not None:
+                with contextlib.suppress(RayError):
+                    ray.kill(handle, no_restart=True)
+
+    if ray.is_initialized():
+        _bounded(kill, TEARDOWN_TIMEOUT_S, "killing the engine's actors")
+
+
+# -- the API process's side -----------------------------------------------------------------------
+
+
+def transport(settings: Settings, handles: Sequence[Any]) -> SocketTransport:
+    """The data plane to the shards: their own sockets, found through their actors."""
+
+    async def resolve(shard: int) -> Endpoint:
+        try:
+            async with asyncio.timeout(READY_TIMEOUT_S):
+                found: Endpoint | None = await handles[shard].endpoint.remote()
+        except (RayError, TimeoutError) as e:
+            raise Unavailable(f"shard {shard} is restarting; retry shortly ({e!r})") from e
+        if found is None:
+            raise Unavailable(f"shard {shard} cannot open its store")
+        return found
+
+    return SocketTransport(settings.shards, resolve)
+
+
+class RayOutbox:
+    """The API's view of the dispatcher actor (counts and dead letters)."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+
+    async def counts(self) -> dict[str, int]:
+        try:
+            out: dict[str, int] = await self.handle.counts.remote()
+        except RayError as e:
+            raise Unavailable("the outbox dispatcher is restarting; retry shortly") from e
+        return out
+
+    async def dead_letters(self, limit: int) -> list[dict[str, Any]]:
+        try:
+            out: list[dict[str, Any]] = await self.handle.dead_letters.remote(limit)
+        except RayError as e:
+            raise Unavailable("the outbox dispatcher is restarting; retry shortly") from e
+        return out
+
+    async def close(self) -> None:
+        return None  # the actor outlives this API process; `kill_all` ends it
