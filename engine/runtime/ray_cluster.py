@@ -45,6 +45,8 @@ os.environ.setdefault("RAY_worker_niceness", "0")
 
 READY_TIMEOUT_S = 120.0  # a shard's first start (store load) may take this long
 TEARDOWN_TIMEOUT_S = 5.0
+# Kept out of the environment the private instance's daemons and workers inherit.
+_SECRET_VARIABLES = ("TRACKING_JWT_SECRET", "TRACKING_SERVICE_SECRET")
 
 
 class _ShardActor:
@@ -147,7 +149,15 @@ def join(settings: Settings) -> None:
                 f" {e}"
             ) from e
     else:
-        ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1", **common)
+        # The daemons (and so every worker and shard actor) inherit this environment: keep the
+        # secrets out of it. (Settings were read already; API worker processes get them anew.)
+        hidden = {k: os.environ.pop(k) for k in _SECRET_VARIABLES if k in os.environ}
+        try:
+            ray.init(
+                address="local", include_dashboard=False, _node_ip_address="127.0.0.1", **common
+            )
+        finally:
+            os.environ.update(hidden)
 
 
 def start_local_for_tests() -> str:
@@ -169,9 +179,48 @@ def address() -> str:
 
 
 def shutdown() -> None:
-    """Leave (or stop, when this process started it) the Ray instance, within a bound."""
-    if ray.is_initialized():
+    """Leave (or stop, when this process started it) the Ray instance, within a bound; then
+    make sure no daemon this process started outlives it."""
+    if not ray.is_initialized():
+        return
+    daemons = _daemons_started_here()
+    if not _instance_gone(daemons):
         _bounded(ray.shutdown, TEARDOWN_TIMEOUT_S, "ray.shutdown")
+    else:
+        # Its GCS or raylet died (a stop signal sent to the whole process group reaches them
+        # too): a graceful shutdown would wait on them. Kill what is left, then disconnect.
+        log.info("the local Ray instance is gone already; killing what is left of it")
+        _kill_daemons(daemons)
+        _bounded(ray.shutdown, TEARDOWN_TIMEOUT_S, "ray.shutdown")
+    _kill_daemons(daemons)
+
+
+def _daemons_started_here() -> list[tuple[str, Any]]:
+    """(kind, Popen) of the Ray daemons this process started: its private local instance's GCS,
+    raylet and helpers; none when it joined a cluster."""
+    try:
+        node = ray._private.worker._global_node
+        if node is None or not node.head:
+            return []
+        return [(kind, info.process) for kind, infos in node.all_processes.items()
+                for info in infos]  # fmt: skip
+    except Exception:  # Ray's internals moved: fall back on its own shutdown alone
+        return []
+
+
+def _instance_gone(daemons: list[tuple[str, Any]]) -> bool:
+    return any(kind in ("gcs_server", "raylet") and proc.poll() is not None
+               for kind, proc in daemons)  # fmt: skip
+
+
+def _kill_daemons(daemons: list[tuple[str, Any]]) -> None:
+    for _, proc in daemons:
+        if proc.poll() is None:
+            with contextlib.suppress(OSError):
+                proc.kill()
+    for _, proc in daemons:
+        with contextlib.suppress(Exception):
+            proc.wait(timeout=TEARDOWN_TIMEOUT_S)
 
 
 def _bounded(fn: Callable[[], object], timeout_s: float, what: str) -> bool:
@@ -234,9 +283,17 @@ def ensure_dispatcher(settings: Settings) -> Any:
         get_if_exists=True,
         max_restarts=-1,
         num_cpus=0,
-    ).remote(settings.model_dump_json())
+    ).remote(dispatcher_settings(settings))
     ray.get(handle.start.remote(), timeout=READY_TIMEOUT_S)
     return handle
+
+
+def dispatcher_settings(settings: Settings) -> str:
+    """What the dispatcher actor is sent: the settings without the users' JWT secret (it signs
+    its calls with the service secret, resolved here so that every node uses the same one)."""
+    return settings.model_copy(
+        update={"jwt_secret": None, "service_secret": settings.resolved_service_secret()}
+    ).model_dump_json()
 
 
 def _find(name: str, namespace: str) -> Any | None:
@@ -276,8 +333,13 @@ def kill_all(settings: Settings) -> None:
                 with contextlib.suppress(RayError):
                     ray.kill(handle, no_restart=True)
 
-    if ray.is_initialized():
-        _bounded(kill, TEARDOWN_TIMEOUT_S, "killing the engine's actors")
+    if not ray.is_initialized():
+        return
+    if _instance_gone(_daemons_started_here()):
+        # The private instance died (its workers, and so the actors, die with its raylet).
+        log.info("the local Ray instance is gone; its actors went with it")
+        return
+    _bounded(kill, TEARDOWN_TIMEOUT_S, "killing the engine's actors")
 
 
 # -- the API process's side -----------------------------------------------------------------------
