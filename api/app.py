@@ -12,13 +12,14 @@ from fastapi import FastAPI
 from api import errors, observability, pages, routes, ws
 from api.auth import TokenVerifier
 from api.gateway import Gateway
+from api.limits import BodyLimit, Limits
+from api.metrics_port import open_listener, scrape
+from api.order_check import OrderCheck
 from api.updates import LeanUpdates, Live
 from engine.runtime import connect
 from engine.settings import Settings
 
 log = logging.getLogger(__name__)
-
-MAX_BODY_BYTES = 64 * 1024
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -35,9 +36,24 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.gateway = gateway
         app.state.ops_feed = ops_feed
         gateway.start()
+        order_check = app.state.order_check = (
+            OrderCheck(settings.order_service_url, settings.resolved_service_secret(),
+                       settings.order_check_timeout_s)
+            if settings.start_check_order and settings.order_service_url else None
+        )
+        metrics_listener = None
+        if settings.metrics_port is not None:
+            metrics_listener = await open_listener(
+                settings.metrics_host, settings.metrics_port,
+                lambda: scrape(engine.client, engine.outbox),
+            )
         try:
             yield
         finally:
+            if metrics_listener is not None:
+                metrics_listener.close()
+            if order_check is not None:
+                await order_check.close()
             await ops_feed.stop()
             live.engine = None
             await gateway.stop()
@@ -53,9 +69,15 @@ def create_app(settings: Settings) -> FastAPI:
     tokens = TokenVerifier(settings.resolved_secret())
     app.state.tokens = tokens
     live = Live()
+    limits = app.state.limits = Limits(settings)
+    app.state.order_check = None
+    app.add_middleware(BodyLimit, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(observability.RequestLogMiddleware)
     # Added last, so outermost: location updates skip the framework (api/updates.py).
-    app.add_middleware(LeanUpdates, live=live, tokens=tokens, max_body_bytes=MAX_BODY_BYTES)
+    app.add_middleware(
+        LeanUpdates, live=live, tokens=tokens, max_body_bytes=settings.max_body_bytes,
+        limits=limits,
+    )
     errors.install(app)
     app.include_router(routes.router)
     app.include_router(ws.router)

@@ -80,6 +80,7 @@ class ServerProcess:
     workers: int = 1
     data_dir: str = ""
     secret: str = ""
+    service_secret: str = ""  # signs the service token the order/notification services get
     startup_timeout_s: float = 90.0
     log_path: str = ""
     extra_args: tuple[str, ...] = ()
@@ -123,7 +124,14 @@ class ServerProcess:
             self.data_dir = self._tmp.name
         if not self.secret:
             self.secret = self.env.get("TRACKING_JWT_SECRET") or secrets.token_urlsafe(32)
-        env = {**os.environ, "TRACKING_DATA_DIR": self.data_dir, "TRACKING_JWT_SECRET": self.secret}
+        if not self.service_secret:
+            self.service_secret = (
+                self.env.get("TRACKING_SERVICE_SECRET") or secrets.token_urlsafe(32)
+            )
+        env = {
+            **os.environ, "TRACKING_DATA_DIR": self.data_dir, "TRACKING_JWT_SECRET": self.secret,
+            "TRACKING_SERVICE_SECRET": self.service_secret,
+        }
         env.update(self.env)
         if not self.log_path:
             self.log_path = str(Path(self.data_dir) / f"server-{self.port}.log")

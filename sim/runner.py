@@ -35,6 +35,8 @@ class Target:
     url: str | None = None  # None: start a server (and the stubs) for this run
     secret: str | None = None  # signs tokens; for an external server, its TRACKING_JWT_SECRET
     stubs: IntegrationStubs | None = None  # stubs an external server was started against
+    # verifies the service token the stubs receive (that server's TRACKING_SERVICE_SECRET)
+    service_secret: str | None = None
     server_log: str = ""  # where the server this run starts writes its log (default: data dir)
     log: TextIO = sys.stderr
 
@@ -53,11 +55,13 @@ def run(cfg: RunConfig, target: Target) -> dict[str, Any]:
                 ServerProcess(env=env, workers=cfg.server_workers, log_path=target.server_log)
             )
             base, ws, secret, fallback = srv.base_url, srv.ws_url, srv.secret, None
+            service_secret: str | None = srv.service_secret
         else:
             base = target.url.rstrip("/")
             ws = "ws" + base.removeprefix("http")
             secret = target.secret or os.environ.get("TRACKING_JWT_SECRET")
             fallback = None if secret else _cli_token()
+            service_secret = target.service_secret
         if stubs is not None:
             stack.enter_context(_receiver_faults(cfg, stubs))
         t0 = time.monotonic()
@@ -94,7 +98,7 @@ def run(cfg: RunConfig, target: Target) -> dict[str, Any]:
         duration = time.monotonic() - t0
         integ: dict[str, Any] | None = None
         if stubs is not None:
-            integ = _wait_integrations(cfg, stubs, metrics, secret, target.log).as_dict()
+            integ = _wait_integrations(cfg, stubs, metrics, service_secret, target.log).as_dict()
         info = {"url": base, "started_by_sim": target.url is None, "procs": cfg.procs}
         if target.url is None:
             info["server_log"] = srv.log_path

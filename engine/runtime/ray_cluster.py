@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -45,6 +46,7 @@ os.environ.setdefault("RAY_worker_niceness", "0")
 
 READY_TIMEOUT_S = 120.0  # a shard's first start (store load) may take this long
 TEARDOWN_TIMEOUT_S = 5.0
+PROBE_TIMEOUT_S = 5.0
 # Kept out of the environment the private instance's daemons and workers inherit.
 _SECRET_VARIABLES = ("TRACKING_JWT_SECRET", "TRACKING_SERVICE_SECRET")
 
@@ -141,6 +143,8 @@ def join(settings: Settings) -> None:
         "log_to_driver": False,
     }
     if settings.ray_address:
+        # ray.init retries a cluster that does not answer for minutes (seen: over 5); ask first.
+        _probe(settings.ray_address)
         try:
             ray.init(address=settings.ray_address, **common)
         except (ConnectionError, RuntimeError, ValueError) as e:
@@ -158,6 +162,31 @@ def join(settings: Settings) -> None:
             )
         finally:
             os.environ.update(hidden)
+
+
+def _probe(address: str) -> None:
+    """ClusterUnreachable, naming the address and the variable, unless the cluster's address
+    accepts a connection within PROBE_TIMEOUT_S."""
+
+    def unreachable(why: object) -> ClusterUnreachable:
+        return ClusterUnreachable(
+            f"the Ray cluster at {address} (TRACKING_RAY_ADDRESS) did not answer: {why}"
+        )
+
+    target: str | None = address
+    if address == "auto":
+        try:
+            target = ray._private.services.canonicalize_bootstrap_address("auto")
+        except Exception as e:
+            raise unreachable(e) from e
+        if target is None:
+            raise unreachable("no running cluster was found on this machine")
+    assert target is not None
+    host, _, port = target.split("://", 1)[-1].split("/", 1)[0].rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), PROBE_TIMEOUT_S).close()
+    except (OSError, ValueError) as e:
+        raise unreachable(e) from e
 
 
 def start_local_for_tests() -> str:
@@ -184,15 +213,21 @@ def shutdown() -> None:
     if not ray.is_initialized():
         return
     daemons = _daemons_started_here()
-    if not _instance_gone(daemons):
-        _bounded(ray.shutdown, TEARDOWN_TIMEOUT_S, "ray.shutdown")
-    else:
+    if _instance_gone(daemons):
         # Its GCS or raylet died (a stop signal sent to the whole process group reaches them
-        # too): a graceful shutdown would wait on them. Kill what is left, then disconnect.
+        # too): nothing is left to stop gracefully. Kill the rest, then disconnect.
         log.info("the local Ray instance is gone already; killing what is left of it")
         _kill_daemons(daemons)
-        _bounded(ray.shutdown, TEARDOWN_TIMEOUT_S, "ray.shutdown")
+    # When the daemons are dying of the same signal, this can wait on them: bounded, and
+    # whatever is still running afterwards is killed.
+    _bounded(ray.shutdown, TEARDOWN_TIMEOUT_S, "ray.shutdown")
     _kill_daemons(daemons)
+
+
+def owns_instance() -> bool:
+    """Whether this process started the Ray instance it is in (the private default): stopping
+    the instance then ends every actor in it, with no call to each."""
+    return bool(_daemons_started_here())
 
 
 def _daemons_started_here() -> list[tuple[str, Any]]:
@@ -214,11 +249,11 @@ def _instance_gone(daemons: list[tuple[str, Any]]) -> bool:
 
 
 def _kill_daemons(daemons: list[tuple[str, Any]]) -> None:
-    for _, proc in daemons:
-        if proc.poll() is None:
-            with contextlib.suppress(OSError):
-                proc.kill()
-    for _, proc in daemons:
+    alive = [proc for _, proc in daemons if proc.poll() is None]
+    for proc in alive:
+        with contextlib.suppress(OSError):
+            proc.kill()
+    for proc in alive:
         with contextlib.suppress(Exception):
             proc.wait(timeout=TEARDOWN_TIMEOUT_S)
 

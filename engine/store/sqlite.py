@@ -310,7 +310,10 @@ class SqliteStore:
                 )
             c.execute("COMMIT")
         except BaseException:
-            c.execute("ROLLBACK")
+            # SQLite rolls back by itself on some errors (a full disk at COMMIT): a second
+            # ROLLBACK would raise and hide the reason.
+            if c.in_transaction:
+                c.execute("ROLLBACK")
             raise
         if entries:
             self._high = max(self._high, entries[-1][0])
@@ -359,7 +362,10 @@ class SqliteStore:
                     c.execute(_CHAIN, (head,))
             c.execute("COMMIT")
         except BaseException:
-            c.execute("ROLLBACK")
+            # SQLite rolls back by itself on some errors (a full disk at COMMIT): a second
+            # ROLLBACK would raise and hide the reason.
+            if c.in_transaction:
+                c.execute("ROLLBACK")
             raise
 
     def close(self) -> None:
@@ -408,7 +414,10 @@ class SqliteOutbox:
                     )
             c.execute("COMMIT")
         except BaseException:
-            c.execute("ROLLBACK")
+            # SQLite rolls back by itself on some errors (a full disk at COMMIT): a second
+            # ROLLBACK would raise and hide the reason.
+            if c.in_transaction:
+                c.execute("ROLLBACK")
             raise
 
     def counts(self) -> dict[str, int]:
