@@ -172,6 +172,21 @@ class ServerProcess:
         except OSError:
             return "(no log)"
 
+    def engine_pids(self, kind: str = "_ShardActor") -> list[int]:
+        """The server's Ray actor processes of one kind (`_ShardActor`, `_DispatcherActor`) when
+        it runs its own Ray instance (they are below it in the process tree); oldest first."""
+        if self.proc is None or self.proc.poll() is not None:
+            return []
+        out = []
+        for pid in descendants(self.proc.pid):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if f.read().startswith(b"ray::" + kind.encode()):
+                        out.append(pid)
+            except OSError:
+                continue
+        return sorted(out)
+
     def kill(self) -> None:
         """SIGKILL the server and every process it started: a crash, not a shutdown.
 
