@@ -25,6 +25,8 @@ WIDTH, LEFT, RIGHT = 880, 78, 24
 PANEL_H = 170
 ACHIEVED, TARGET, P99, LIMIT = "#1f77b4", "#8c8c8c", "#ff7f0e", "#d62728"
 HELD, MISSED = "#2ca02c", "#d62728"
+# A white outline behind a label keeps it readable where a line of the plot crosses it.
+HALO = ' stroke="white" stroke-width="3" paint-order="stroke"'
 
 
 def _text(x: float, y: float, body: str, size: float = 11, anchor: str = "start",
@@ -176,8 +178,6 @@ def render_svg(summary: Mapping[str, Any]) -> str:
         parts.append(f'<line x1="{LEFT}" y1="{y1(v):.1f}" x2="{WIDTH - RIGHT}" y2="{y1(v):.1f}" '
                      'stroke="#e6e6e6"/>')
         parts.append(_text(LEFT - 6, y1(v) + 4, f"{v:g}", 10, "end"))
-    parts.append(_text(LEFT + 4, top1 + 12, "location updates per second (all riders)", 11,
-                       extra=' fill="#555"'))
     parts.append(_text(18, (top1 + bottom1) / 2, "updates/s", 11, "middle",
                        f' transform="rotate(-90 18 {(top1 + bottom1) / 2:.1f})"'))
     # Panel 2: push p99, log scale so that the limit and a collapsed step both stay readable.
@@ -193,20 +193,22 @@ def render_svg(summary: Mapping[str, Any]) -> str:
                      f'stroke="{"#e0e0e0" if labelled else "#f2f2f2"}"/>')
         if labelled:
             parts.append(_text(LEFT - 6, y2(v) + 4, f"{v:g}", 10, "end"))
-    parts.append(_text(LEFT + 4, top2 + 12, "push p99: location update to watcher (log scale)",
-                       11, extra=' fill="#555"'))
     parts.append(_text(18, (top2 + bottom2) / 2, "push p99, ms", 11, "middle",
                        f' transform="rotate(-90 18 {(top2 + bottom2) / 2:.1f})"'))
     parts.append(f'<line class="limit" x1="{LEFT}" y1="{y2(max_p99):.1f}" x2="{WIDTH - RIGHT}" '
                  f'y2="{y2(max_p99):.1f}" stroke="{LIMIT}" stroke-width="1.5" '
                  'stroke-dasharray="8 4"/>')
     parts.append(_text(WIDTH - RIGHT - 4, y2(max_p99) - 5, f"limit {max_p99:g} ms", 10.5, "end",
-                       f' fill="{LIMIT}"'))
+                       f' fill="{LIMIT}"' + HALO))
     for top, bottom in ((top1, bottom1), (top2, bottom2)):
         parts.append(f'<rect x="{LEFT}" y="{top}" width="{plot_w}" height="{bottom - top}" '
                      'fill="none" stroke="#999"/>')
     parts += _knee(results, max_p99, x_of, top1, bottom2)
     parts += _series(results, x_of, y1, y2, max_p99)
+    parts.append(_text(LEFT + 4, top1 + 13, "location updates per second (all riders)", 11,
+                       extra=' fill="#555"' + HALO))
+    parts.append(_text(LEFT + 4, top2 + 13, "push p99: location update to watcher (log scale)",
+                       11, extra=' fill="#555"' + HALO))
     # The steps under the lower panel, as a small table: riders, watchers, held.
     for label, dy in (("riders", 16), ("watchers", 30), ("held", 44)):
         parts.append(_text(LEFT - 6, bottom2 + dy, label, 10.5, "end", ' fill="#555"'))
@@ -239,7 +241,7 @@ def _knee(results: Sequence[StepResult], max_p99: float, x_of: Callable[[int], f
                      f'y1="{top - 6}" x2="{x:.1f}" y2="{bottom}" stroke="{HELD}" '
                      'stroke-width="2" opacity="0.8"/>')
         parts.append(_text(x - 4, top - 10, f"highest held: {results[held_i].spec.riders} riders",
-                           10.5, "end", f' fill="{HELD}"'))
+                           10.5, "end", f' fill="{HELD}"' + HALO))
     if held_i + 1 < len(results):
         x = x_of(held_i + 1)
         parts.append(f'<line class="knee-missed" data-step="{held_i + 2}" x1="{x:.1f}" '
@@ -247,7 +249,7 @@ def _knee(results: Sequence[StepResult], max_p99: float, x_of: Callable[[int], f
                      'stroke-width="2" stroke-dasharray="3 3" opacity="0.8"/>')
         label = ("nothing held; " if held_i < 0 else "") + \
             f"first miss: {results[held_i + 1].spec.riders} riders"
-        parts.append(_text(x + 4, top - 10, label, 10.5, extra=f' fill="{MISSED}"'))
+        parts.append(_text(x + 4, top - 10, label, 10.5, extra=f' fill="{MISSED}"' + HALO))
     return parts
 
 
@@ -275,13 +277,13 @@ def _series(results: Sequence[StepResult], x_of: Callable[[int], float], y1: Sca
                      f'cy="{y1(r.updates_per_s):.1f}" r="4" fill="{ACHIEVED}">{tip}</circle>')
         if r.push_p99_ms is None:
             parts.append(f'<g class="p99 no-push" data-step="{i + 1}">{tip}'
-                         + _text(x, y2(0) - 6, "no push", 10, "middle", f' fill="{MISSED}"')
+                         + _text(x, y2(0) - 6, "no push", 10, "middle", f' fill="{MISSED}"' + HALO)
                          + "</g>")
         else:
             parts.append(f'<circle class="p99" data-step="{i + 1}" cx="{x:.1f}" '
                          f'cy="{y2(r.push_p99_ms):.1f}" r="4" fill="{P99}">{tip}</circle>')
             parts.append(_text(x + 6, y2(r.push_p99_ms) - 6, f"{r.push_p99_ms:g}", 10,
-                               extra=f' fill="{P99}"'))
+                               extra=f' fill="{P99}" font-weight="bold"' + HALO))
     return parts
 
 

@@ -142,3 +142,11 @@ def test_the_chart_command_redraws_a_summary(tmp_path: Path) -> None:
     root = ET.fromstring((tmp_path / "capacity.svg").read_text())
     assert [e.get("data-step") for e in by_class(root, "knee-missed")] == ["2"]
     assert chart.main([]) == 2
+
+
+def test_a_summary_without_run_parameters_still_draws() -> None:
+    old = summary([step(10, 20)])
+    del old["params"], old["cpus"]
+    words = texts(ET.fromstring(render_svg(old)))
+    assert "each rider reports every 1 s; 1 watcher(s) per rider; push p99 limit 100 ms" in words
+    assert "CPUs" not in words
