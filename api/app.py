@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -12,6 +13,7 @@ from fastapi import FastAPI
 from api import errors, observability, pages, routes, ws
 from api.auth import TokenVerifier
 from api.gateway import Gateway
+from api.gcpolicy import GcPolicy
 from api.updates import LeanUpdates, Live
 from engine.runtime import connect
 from engine.settings import Settings
@@ -29,6 +31,8 @@ def create_app(settings: Settings) -> LeanUpdates:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        observability.watch_gc()
+        lag = asyncio.get_running_loop().create_task(observability.watch_loop_lag())
         engine = await connect(settings, observe=observability.observe_batch)
         live.engine = engine.client
         app.state.outbox = engine.outbox
@@ -38,9 +42,14 @@ def create_app(settings: Settings) -> LeanUpdates:
         app.state.gateway = gateway
         app.state.ops_feed = ops_feed
         gateway.start()
+        collector = asyncio.get_running_loop().create_task(
+            GcPolicy(lambda: gateway.connections).run()
+        )
         try:
             yield
         finally:
+            collector.cancel()
+            lag.cancel()
             await ops_feed.stop()
             live.engine = None
             await gateway.stop()
