@@ -86,7 +86,7 @@ class Settings(BaseSettings):
     limit_update_per_principal: str = "100/s"
     limit_update_per_ip: str = "2000/s"
     limit_connect_per_principal: str = "20/s"
-    limit_connect_per_ip: str = "1000/s"
+    limit_connect_per_ip: str = "3000/s"
     start_check_order: bool = False  # ask the order service whether the order names the rider
     order_check_timeout_s: float = Field(default=5.0, gt=0, le=60)
     metrics_port: int | None = Field(default=None, ge=0, le=65535)  # a separate /metrics listener

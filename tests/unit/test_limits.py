@@ -49,6 +49,10 @@ def test_every_limit_has_a_default_that_fits_the_shipped_load(tmp_path: Path) ->
     assert update is not None
     # The simulator's riders report up to 60 times a second (speedup 600, 10 s interval).
     assert update.count / update.period_s >= 60
+    connect = s.rate("connect", "ip")
+    assert connect is not None
+    # loadtests/storm.py: 10,000 public watchers from one address at 1,000+ a second.
+    assert connect.count / connect.period_s >= 2000
 
 
 def test_a_bucket_allows_its_burst_then_its_rate() -> None:
