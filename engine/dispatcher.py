@@ -302,3 +302,20 @@ class Dispatcher:
         for store in self._stores or []:
             store.close()
         self._stores = None
+
+
+# The settings the dispatcher reads (directly, or through StoreSpec.from_settings): all that the
+# outbox dispatcher actor is sent. A setting added later is not sent until it is named here;
+# tests/unit/test_dispatcher_settings.py makes every new setting take a side.
+DISPATCHER_SETTINGS = frozenset({
+    "data_dir", "shards", "journal", "order_service_url", "notification_service_url",
+    "outbox_max_attempts", "outbox_timeout_s", "service_secret",
+})
+
+
+def dispatcher_settings(settings: Settings) -> str:
+    """What a dispatcher in another process is sent (JSON): only the settings it uses, the
+    service secret resolved here (every node then signs with the same one), never the users'
+    JWT secret."""
+    used = settings.model_copy(update={"service_secret": settings.resolved_service_secret()})
+    return used.model_dump_json(include=set(DISPATCHER_SETTINGS))

@@ -26,6 +26,7 @@ from typing import Any
 import ray
 from ray.exceptions import GetTimeoutError, RayError
 
+from engine.dispatcher import dispatcher_settings
 from engine.domain.errors import Unavailable
 from engine.host import HostSpec
 from engine.runtime import ClusterUnreachable
@@ -337,14 +338,6 @@ def ensure_dispatcher(settings: Settings) -> Any:
     ).remote(dispatcher_settings(settings))
     ray.get(handle.start.remote(), timeout=READY_TIMEOUT_S)
     return handle
-
-
-def dispatcher_settings(settings: Settings) -> str:
-    """What the dispatcher actor is sent: the settings without the users' JWT secret (it signs
-    its calls with the service secret, resolved here so that every node uses the same one)."""
-    return settings.model_copy(
-        update={"jwt_secret": None, "service_secret": settings.resolved_service_secret()}
-    ).model_dump_json()
 
 
 def _find(name: str, namespace: str) -> Any | None:
