@@ -42,7 +42,7 @@ def _error(message: str) -> str:
 
 
 async def _refuse(ws: WebSocket, message: str, code: int = POLICY_VIOLATION) -> None:
-    """Accept, say why, close 1008 (browsers cannot read a refusal before accept)."""
+    """Accept, say why, close with `code` (browsers cannot read a refusal before accept)."""
     if ws.client_state is WebSocketState.CONNECTING:
         await ws.accept()
     with contextlib.suppress(Exception):

@@ -83,7 +83,7 @@ class Settings(BaseSettings):
     # Token buckets per API process; superadmins are not limited per principal.
     limit_start_per_principal: str = "30/min"
     limit_start_per_ip: str = "200/s"
-    limit_update_per_principal: str = "100/s"
+    limit_update_per_principal: str = "6000/min"  # 100/s, bursts of 6,000 (offline buffers)
     limit_update_per_ip: str = "2000/s"
     limit_connect_per_principal: str = "20/s"
     limit_connect_per_ip: str = "3000/s"
