@@ -32,6 +32,9 @@ class Settings(BaseSettings):
 
     jwt_secret: str | None = None
     data_dir: Path = Field(default_factory=_default_data_dir)
+    # Unset: the embedded SQLite store, one file per shard in the data dir (one box).
+    # `postgresql://...`: every shard's journal and outbox in that database (several boxes).
+    store_url: str | None = None
     ray_address: str | None = None
     ray_namespace: str = "tracking"
     engine: Literal["ray", "local"] = "ray"
@@ -57,6 +60,16 @@ class Settings(BaseSettings):
         if v is not None and not v.strip():
             return None
         return v.rstrip("/") if v and v.startswith("http") else v
+
+    @field_validator("store_url")
+    @classmethod
+    def _store_url(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        v = v.strip()
+        if not v.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a postgresql:// URL, or unset for SQLite in the data dir")
+        return v
 
     @property
     def lifetimes(self) -> Lifetimes:
