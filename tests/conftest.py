@@ -104,7 +104,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     Tests on the PostgreSQL server are marked `postgres` (`-m "not postgres"` leaves them out)."""
     for item in items:
         callspec = getattr(item, "callspec", None)
-        on_postgres = callspec is not None and "postgres" in callspec.params.values()
+        on_postgres = callspec is not None and any(
+            "postgres" in str(v) for v in callspec.params.values()
+        )
         if on_postgres or {"pg_server", "pg_url"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.postgres)
     if FACTOR == 1 or not config.pluginmanager.hasplugin("timeout"):

@@ -9,6 +9,13 @@ lean Ray instance (`address="local"`, no dashboard), whatever `ray start` left o
 
 Every Ray call that can wait has a bound: on the way in (a cluster address that does not
 answer) and on the way out (a service told to stop after its raylet died of the same signal).
+
+Placement follows the store. With the shared store (`TRACKING_STORE_URL`, PostgreSQL) shards
+spread over the cluster's nodes, and one whose node died is restarted by Ray on a surviving
+node, where it reloads from the database (the store's claim keeps a shard to one writer). With
+the embedded SQLite store, the shards and the dispatcher are pinned to the node of the process
+that created them, which holds their files: they never start where the files are not (and a
+cluster of several nodes needs the shared store).
 """
 
 from __future__ import annotations
@@ -23,12 +30,14 @@ from typing import Any
 
 import ray
 from ray.exceptions import GetTimeoutError, RayError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from engine.domain.errors import Unavailable
 from engine.host import HostSpec
 from engine.runtime import ClusterUnreachable
 from engine.runtime.channel import Endpoint, SocketTransport
 from engine.settings import Settings
+from engine.store import StoreSpec
 from engine.store.base import StoreError
 
 log = logging.getLogger(__name__)
@@ -81,6 +90,15 @@ class _ShardActor:
     def pid(self) -> int:
         return os.getpid()
 
+    def where(self) -> tuple[str, int]:
+        """(address of this actor's node, its pid)."""
+        return _here()
+
+
+def _here() -> tuple[str, int]:
+    node: str = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
+    return node, os.getpid()
+
 
 # A few threads, so that finding the shard (`endpoint`) never waits behind a `ping` that waits for
 # the shard's lock.
@@ -121,6 +139,9 @@ class _DispatcherActor:
 
     def pid(self) -> int:
         return os.getpid()
+
+    def where(self) -> tuple[str, int]:
+        return _here()
 
 
 DispatcherActor = ray.remote(_DispatcherActor)
@@ -197,6 +218,15 @@ def _bounded(fn: Callable[[], object], timeout_s: float, what: str) -> bool:
 # -- the actors -----------------------------------------------------------------------------------
 
 
+def _placement(settings: Settings) -> dict[str, Any]:
+    """Where the engine's actors may run: anywhere with the shared store (spread over the
+    nodes), else only on this process's node, which holds the SQLite files."""
+    if StoreSpec.from_settings(settings).shared:
+        return {"scheduling_strategy": "SPREAD"}
+    node = ray.get_runtime_context().get_node_id()
+    return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=node, soft=False)}
+
+
 def _shard_options(settings: Settings, index: int) -> dict[str, Any]:
     return {
         "name": SHARD_NAME.format(index),
@@ -205,6 +235,7 @@ def _shard_options(settings: Settings, index: int) -> dict[str, Any]:
         "get_if_exists": True,
         "max_restarts": -1,
         "num_cpus": 0,
+        **_placement(settings),
     }
 
 
@@ -234,6 +265,7 @@ def ensure_dispatcher(settings: Settings) -> Any:
         get_if_exists=True,
         max_restarts=-1,
         num_cpus=0,
+        **_placement(settings),
     ).remote(settings.model_dump_json())
     ray.get(handle.start.remote(), timeout=READY_TIMEOUT_S)
     return handle
@@ -261,6 +293,25 @@ def process_ids(settings: Settings) -> dict[str, int]:
                 out[key] = ray.get(handle.pid.remote(), timeout=READY_TIMEOUT_S)
             except (RayError, GetTimeoutError):
                 continue
+    return out
+
+
+def placements(settings: Settings, timeout_s: float = 10.0) -> dict[str, tuple[str, int]]:
+    """Where each shard actor (`shard-NNN`) and the dispatcher (`outbox`) runs now, as (node
+    address, pid); one that does not answer within `timeout_s` (restarting) is left out."""
+    names = [(f"shard-{i:03d}", SHARD_NAME.format(i)) for i in range(settings.shards)]
+    asked = []
+    for key, name in [*names, ("outbox", DISPATCHER_NAME)]:
+        handle = _find(name, settings.ray_namespace)
+        if handle is not None:
+            asked.append((key, handle.where.remote()))
+    out: dict[str, tuple[str, int]] = {}
+    for key, ref in asked:
+        try:
+            node, pid = ray.get(ref, timeout=timeout_s)
+        except (RayError, GetTimeoutError):
+            continue
+        out[key] = (node, pid)
     return out
 
 
