@@ -54,9 +54,11 @@ class PostgresServer:
 
     def __init__(
         self, listen: Sequence[str] = ("127.0.0.1",), port: int = 0, fsync: bool = True,
-        max_connections: int = 400,
+        max_connections: int = 400, allow: Sequence[str] = (),
     ) -> None:
         self.listen = tuple(listen)
+        # Clients trusted without a password: the listen addresses, and these networks (CIDR).
+        self.allow = (*(f"{a}/32" for a in self.listen), *allow)
         self.port = port
         self.fsync = fsync
         self.max_connections = max_connections
@@ -112,8 +114,7 @@ class PostgresServer:
                     f.writelines(f"{k} = {v}\n" for k, v in conf.items())
                 with open(self.data / "pg_hba.conf", "w") as f:
                     f.write("local all all trust\n")
-                    f.writelines(f"host all all {a}/32 trust\n" for a in self.listen)
-                    f.write("host all all 0.0.0.0/0 trust\n" if "0.0.0.0" in self.listen else "")
+                    f.writelines(f"host all all {a} trust\n" for a in self.allow)
                 try:
                     self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l",
                               str(self.data / "server.log"), "-w", "-t", "60", "start")  # fmt: skip
