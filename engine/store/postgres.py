@@ -27,6 +27,7 @@ asyncpg would need an event loop thread beside the shard's and a hop into it per
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -64,6 +65,7 @@ SCHEMA_LOCK = -1
 # How long a new owner waits for a shard's previous owner to let go (its process died: its
 # connection closes at once; its node vanished: the server drops it within KEEPALIVE below).
 CLAIM_WAIT_S = 60.0
+RECLAIM_WAIT_S = 5.0
 CONNECT_TIMEOUT_S = 10
 
 # Each column of a session's fixed facts (`ROW_COLUMNS`): its type, and whether it may be null.
@@ -202,22 +204,28 @@ class PostgresStore:
         self.conn = connect(url, f"shard {shard}")
         try:
             ensure_schema(self.conn, url, shards)
-            self._claim()
+            self._claim(claim_wait_s)
         except BaseException:
             self.close()
             raise
 
     # -- the claim ------------------------------------------------------------------------------
-    def _claim(self) -> None:
-        """Take the shard's advisory lock (waiting up to `claim_wait_s` for a previous owner to
-        let go), then bump its generation: the fencing token of every write after this."""
+    def _claim(self, wait_s: float) -> None:
+        """Take the shard's advisory lock (waiting up to `wait_s` for a previous owner to let
+        go), then bump its generation: the fencing token of every write after this."""
         if self._lock_conn is not None:
             self._lock_conn.close()
         lock = self._lock_conn = connect(self.url, f"shard {self.shard} lock")
-        # The server drops this session (and the lock) within ~15 s of our node vanishing.
-        lock.execute("SET tcp_keepalives_idle = 5; SET tcp_keepalives_interval = 3;"
-                     " SET tcp_keepalives_count = 3; SET tcp_user_timeout = 15000")
-        deadline = time.monotonic() + self.claim_wait_s
+        # The server drops this session (and the lock) within ~15 s of our node vanishing, so
+        # the shard's next owner need not wait for the kernel's default (hours). Best effort:
+        # a server on a system without these socket options refuses them.
+        for setting in ("tcp_keepalives_idle = 5", "tcp_keepalives_interval = 3",
+                        "tcp_keepalives_count = 3", "tcp_user_timeout = 15000"):  # fmt: skip
+            try:
+                lock.execute(f"SET {setting}")
+            except psycopg.Error as e:
+                log.info("the store's server refused SET %s: %s", setting, e)
+        deadline = time.monotonic() + wait_s
         while True:
             row = lock.execute(
                 "SELECT pg_try_advisory_lock(%s, %s)", (LOCK_CLASS, self.shard)
@@ -245,17 +253,29 @@ class PostgresStore:
         self.generation = int(row[0])
         log.info("claimed shard %d (generation %d)", self.shard, self.generation)
 
-    def _fence(self, conn: Conn) -> None:
-        """Inside a transaction: refuse to write unless this store still owns the shard, and
-        hold off a new claim until the transaction ends."""
-        row = conn.execute(
-            "SELECT generation FROM shards WHERE shard = %s FOR SHARE", (self.shard,)
-        ).fetchone()
-        if row is None or int(row[0]) != self.generation:
-            raise Fenced(
-                f"shard {self.shard} was claimed by another process (generation"
-                f" {row[0] if row else '?'}, this one holds {self.generation}); not writing"
+    @contextlib.contextmanager
+    def _fenced(self, conn: Conn) -> Iterator[None]:
+        """A transaction that writes only while this store still owns the shard: it reads the
+        shard's generation FOR SHARE first (so a new claim also waits for it to end). BEGIN
+        and that read go in one round trip (no parameters: the simple query protocol)."""
+        try:
+            cur = conn.execute(
+                f"BEGIN; SELECT generation FROM shards WHERE shard = {int(self.shard)} FOR SHARE"
             )
+            cur.nextset()
+            row = cur.fetchone()
+            if row is None or int(row[0]) != self.generation:
+                raise Fenced(
+                    f"shard {self.shard} was claimed by another process (generation"
+                    f" {row[0] if row else '?'}, this one holds {self.generation}); not writing"
+                )
+            yield
+        except BaseException:
+            if not conn.closed:
+                with contextlib.suppress(psycopg.Error):
+                    conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
 
     def _still_claimed(self) -> bool:
         lock = self._lock_conn
@@ -278,7 +298,9 @@ class PostgresStore:
             self.conn = connect(self.url, f"shard {self.shard}")
         if not self._still_claimed():
             log.warning("shard %d lost its claim on the store; claiming it again", self.shard)
-            self._claim()
+            # Briefly: this runs under the shard's lock, and an owner that took the shard
+            # meanwhile keeps it (this process is the one that must stop).
+            self._claim(min(self.claim_wait_s, RECLAIM_WAIT_S))
 
     # -- recovery -------------------------------------------------------------------------------
     def _read_checkpoint(self) -> tuple[int, list[CheckpointRow]] | None:
@@ -342,8 +364,7 @@ class PostgresStore:
             return
         shard = self.shard
         c = self.conn
-        with c.transaction():
-            self._fence(c)
+        with self._fenced(c):
             cur = c.cursor()
             if rows:
                 with cur.copy(
@@ -381,8 +402,7 @@ class PostgresStore:
         if self._cp_conn is None or self._cp_conn.closed or self._cp_conn.broken:
             self._cp_conn = connect(self.url, f"shard {self.shard} checkpoint")
         c = self._cp_conn
-        with c.transaction():
-            self._fence(c)
+        with self._fenced(c):
             c.execute("DELETE FROM checkpoint_chunks WHERE shard = %s", (self.shard,))
             with c.cursor().copy(
                 "COPY checkpoint_chunks (shard, n, body) FROM STDIN (FORMAT BINARY)"
@@ -416,8 +436,7 @@ class PostgresStore:
             return
         ids = [t for t, _ in sessions]
         c = self.conn
-        with c.transaction():
-            self._fence(c)
+        with self._fenced(c):
             c.execute("DELETE FROM sessions WHERE shard = %s AND tracking_id = ANY(%s)",
                       (self.shard, ids))  # fmt: skip
             c.execute("DELETE FROM journal WHERE tracking_id = ANY(%s) AND shard = %s",

@@ -4,6 +4,7 @@ in test_store_contract.py."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -99,14 +100,16 @@ def test_a_commit_in_flight_holds_off_a_claim(pg_url: str, first: PostgresStore)
     owner loads the rows of that transaction too."""
     entered, release = threading.Event(), threading.Event()
     a = session("TRK-a", "ORD-a")
-    original = first._fence
+    original = first._fenced
 
-    def slow_fence(conn: psycopg.Connection[tuple[object, ...]]) -> None:
-        original(conn)
-        entered.set()
-        release.wait(10)
+    @contextlib.contextmanager
+    def slow_fenced(conn: psycopg.Connection[tuple[object, ...]]) -> Iterator[None]:
+        with original(conn):  # type: ignore[arg-type]
+            entered.set()
+            release.wait(10)
+            yield
 
-    first._fence = slow_fence  # type: ignore[method-assign]
+    first._fenced = slow_fenced  # type: ignore[method-assign]
     committing = threading.Thread(target=first.commit, args=([a], Ids()(starts(a)), []))
     committing.start()
     assert entered.wait(10)
