@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     store_url: str | None = None
     ray_address: str | None = None
     ray_namespace: str = "tracking"
+    # The address of this host's Ray node: only where one host runs several (a driver joins the
+    # head's raylet otherwise); on a host of its own Ray finds its node.
+    ray_node_ip: str | None = None
     engine: Literal["ray", "local"] = "ray"
     shards: int = Field(default_factory=_default_shards, ge=1, le=256)
     avg_speed_kmh: float = Field(default=30.0, gt=0, le=1000)
@@ -54,7 +57,9 @@ class Settings(BaseSettings):
     tile_url: str | None = None
     tile_attribution: str | None = None
 
-    @field_validator("order_service_url", "notification_service_url", "ray_address", "tile_url")
+    @field_validator(
+        "order_service_url", "notification_service_url", "ray_address", "tile_url", "ray_node_ip"
+    )
     @classmethod
     def _blank_is_unset(cls, v: str | None) -> str | None:
         if v is not None and not v.strip():

@@ -11,11 +11,11 @@ Every Ray call that can wait has a bound: on the way in (a cluster address that 
 answer) and on the way out (a service told to stop after its raylet died of the same signal).
 
 Placement follows the store. With the shared store (`TRACKING_STORE_URL`, PostgreSQL) shards
-spread over the cluster's nodes, and one whose node died is restarted by Ray on a surviving
-node, where it reloads from the database (the store's claim keeps a shard to one writer). With
-the embedded SQLite store, the shards and the dispatcher are pinned to the node of the process
-that created them, which holds their files: they never start where the files are not (and a
-cluster of several nodes needs the shared store).
+are spread over the nodes alive when they are created, and one whose node died is restarted by
+Ray on a surviving node, where it reloads from the database (the store's claim keeps a shard
+to one writer). With the embedded SQLite store, the shards and the dispatcher are pinned to the
+node of the process that created them, which holds their files: they never start where the
+files are not (and a cluster of several nodes needs the shared store).
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 # raylet this process starts; a cluster joined by address keeps its own setting.)
 os.environ.setdefault("RAY_worker_niceness", "0")
 
+SCHEDULING_MEMORY = 1 << 20  # bytes: see `_placement`
 READY_TIMEOUT_S = 120.0  # a shard's first start (store load) may take this long
 TEARDOWN_TIMEOUT_S = 5.0
 
@@ -160,6 +161,8 @@ def join(settings: Settings) -> None:
         "log_to_driver": False,
     }
     if settings.ray_address:
+        if settings.ray_node_ip:
+            common["_node_ip_address"] = settings.ray_node_ip
         try:
             ray.init(address=settings.ray_address, **common)
         except (ConnectionError, RuntimeError, ValueError) as e:
@@ -218,11 +221,23 @@ def _bounded(fn: Callable[[], object], timeout_s: float, what: str) -> bool:
 # -- the actors -----------------------------------------------------------------------------------
 
 
-def _placement(settings: Settings) -> dict[str, Any]:
-    """Where the engine's actors may run: anywhere with the shared store (spread over the
-    nodes), else only on this process's node, which holds the SQLite files."""
+def _placement(settings: Settings, slot: int) -> dict[str, Any]:
+    """Where an engine actor may run. With the shared store: actor `slot` on the `slot`-th
+    live node, round robin, softly, so a restart after that node died goes to any other. With
+    SQLite: only this process's node, which holds the files."""
     if StoreSpec.from_settings(settings).shared:
-        return {"scheduling_strategy": "SPREAD"}
+        alive = [n for n in ray.nodes() if n["Alive"]]  # type: ignore[no-untyped-call]
+        nodes = sorted((n["NodeManagerAddress"], n["NodeID"]) for n in alive)
+        if not nodes:
+            return {}
+        node = nodes[slot % len(nodes)][1]
+        return {
+            "scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=node, soft=True),
+            # Ray places an actor that asks for no resource at all on a random node, whatever
+            # its strategy says (seen here: 4 shards of 4 on one of two nodes, with SPREAD and
+            # with soft affinity alike); a token of memory makes it follow the strategy.
+            "memory": SCHEDULING_MEMORY,
+        }
     node = ray.get_runtime_context().get_node_id()
     return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=node, soft=False)}
 
@@ -235,7 +250,7 @@ def _shard_options(settings: Settings, index: int) -> dict[str, Any]:
         "get_if_exists": True,
         "max_restarts": -1,
         "num_cpus": 0,
-        **_placement(settings),
+        **_placement(settings, index),
     }
 
 
@@ -265,7 +280,7 @@ def ensure_dispatcher(settings: Settings) -> Any:
         get_if_exists=True,
         max_restarts=-1,
         num_cpus=0,
-        **_placement(settings),
+        **_placement(settings, settings.shards),
     ).remote(settings.model_dump_json())
     ray.get(handle.start.remote(), timeout=READY_TIMEOUT_S)
     return handle

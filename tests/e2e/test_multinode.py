@@ -45,13 +45,43 @@ SECRET = "multi-node-secret-" + "x" * 30
 
 
 @dataclass
-class TwoNodes:
+class Cluster:
+    """Two hosts, a Ray node on each, PostgreSQL and the stub services (on this host)."""
+
     peer: PeerHost
     address: str  # the Ray cluster's
-    env: dict[str, str]  # what both `tracking serve` share
-    a: ServerProcess  # on this host, beside the Ray head
-    b: ServerProcess  # on the peer host, beside the Ray worker
+    pg: PostgresServer
     stubs: IntegrationStubs
+    logs: Path
+
+    def env(self, **over: str) -> dict[str, str]:
+        """What every `tracking serve` of one deployment shares: a namespace of its own, and
+        a database of its own unless `TRACKING_STORE_URL` is given."""
+        url = self.pg.create_database("d_" + uuid.uuid4().hex[:10])
+        return {
+            **RAY_ENV, **self.stubs.env(),
+            "TRACKING_RAY_ADDRESS": self.address,
+            "TRACKING_RAY_NAMESPACE": "multi-" + uuid.uuid4().hex[:8],
+            "TRACKING_STORE_URL": url.replace("127.0.0.1", self.peer.here_ip),
+            "TRACKING_SHARDS": str(SHARDS),
+            "TRACKING_JWT_SECRET": SECRET,
+            **over,
+        }
+
+    def serve(self, stack: ExitStack, env: dict[str, str], on_peer: bool) -> ServerProcess:
+        """A `tracking serve` on this host (node A) or on the peer (node B), stopped with
+        `stack`; the first one of a namespace creates the actors, and removes them when it
+        stops."""
+        ip = self.peer.there_ip if on_peer else self.peer.here_ip
+        kw = {"port": random.randint(20000, 30000), "prefix": self.peer.prefix} if on_peer else {}
+        # Both Ray nodes are on this one machine: say which one this server's processes join.
+        srv = ServerProcess(env={**env, "TRACKING_RAY_NODE_IP": ip}, host=ip,
+                            startup_timeout_s=timeout(SERVER_STARTUP_S), **kw)  # fmt: skip
+        stack.callback(srv.cleanup)
+        return srv.start()
+
+    def both_alive(self) -> bool:
+        return len(alive_nodes(self.address)) == 2
 
 
 def _placements(env: dict[str, str]) -> dict[str, str]:
@@ -66,13 +96,15 @@ def _placements(env: dict[str, str]) -> dict[str, str]:
     return {d["actor"]: d["node"] for d in lines if d["node"]}
 
 
-@pytest.fixture
-def two_nodes(tmp_path: Path) -> Iterator[TwoNodes]:
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """Started once for this module's tests; the last test kills node B."""
     reason = netns_unavailable()
     if reason is not None:
         if os.environ.get("CI"):
             pytest.fail(f"the multi-node test must run in CI: {reason}")
         pytest.skip(reason)
+    logs = tmp_path_factory.mktemp("multinode")
     with ExitStack() as stack:
         peer = PeerHost().up()
         stack.callback(peer.down)  # last: kills whatever is left on the peer host
@@ -80,49 +112,54 @@ def two_nodes(tmp_path: Path) -> Iterator[TwoNodes]:
                             fsync=False)  # its own durability is not under test  # fmt: skip
         stack.enter_context(pg)
         stubs = stack.enter_context(IntegrationStubs(host=peer.here_ip))
-        head, address = RayNode.head(peer.here_ip, tmp_path / "ray-head.log")
+        head, address = RayNode.head(peer.here_ip, logs / "ray-head.log")
         stack.callback(head.stop)
         head.start()
         worker = RayNode([f"--address={address}", f"--node-ip-address={peer.there_ip}",
-                          "--num-cpus=2"], tmp_path / "ray-worker.log", peer.prefix)  # fmt: skip
+                          "--num-cpus=2"], logs / "ray-worker.log", peer.prefix)  # fmt: skip
         stack.callback(worker.stop)
         worker.start()
-        nodes: list[str] = []
-
-        def both_up() -> bool:
-            nodes[:] = alive_nodes(address)
-            return len(nodes) == 2
-
-        assert asyncio.run(until(both_up, 120)), (
-            f"the Ray nodes did not both come up: {nodes}\n"
-            f"{(tmp_path / 'ray-head.log').read_text()[-1500:]}\n"
-            f"{(tmp_path / 'ray-worker.log').read_text()[-1500:]}"
+        c = Cluster(peer, address, pg, stubs, logs)
+        assert asyncio.run(until(c.both_alive, 120)), (
+            "the Ray nodes did not both come up:\n"
+            f"{(logs / 'ray-head.log').read_text()[-1500:]}\n"
+            f"{(logs / 'ray-worker.log').read_text()[-1500:]}"
         )
-        env = {
-            **RAY_ENV, **stubs.env(),
-            "TRACKING_RAY_ADDRESS": address,
-            "TRACKING_RAY_NAMESPACE": "multi-" + uuid.uuid4().hex[:8],
-            "TRACKING_STORE_URL": pg.create_database("multi").replace("127.0.0.1", peer.here_ip),
-            "TRACKING_SHARDS": str(SHARDS),
-            "TRACKING_JWT_SECRET": SECRET,
-        }
-        start_s = timeout(SERVER_STARTUP_S)
-        a = ServerProcess(env=env, host=peer.here_ip, startup_timeout_s=start_s)
-        stack.callback(a.cleanup)  # node A created the actors: stopping it removes them
-        a.start()
-        b = ServerProcess(env=env, host=peer.there_ip, port=random.randint(20000, 30000),
-                          prefix=peer.prefix, startup_timeout_s=start_s)  # fmt: skip
-        stack.callback(b.cleanup)
-        b.start()
-        yield TwoNodes(peer, address, env, a, b, stubs)
+        yield c
+
+
+def test_sqlite_shards_stay_on_the_node_that_holds_their_files(cluster: Cluster) -> None:
+    """Without the shared store, every shard is pinned to the first `tracking serve`'s node,
+    however many nodes there are and wherever the next `tracking serve` runs."""
+    c = cluster
+    env = c.env()
+    del env["TRACKING_STORE_URL"]
+    with ExitStack() as stack:
+        c.serve(stack, env, on_peer=True)  # node B creates the actors: pinned to node B
+        c.serve(stack, env, on_peer=False)
+        assert c.both_alive()
+        where = _placements(env)
+        assert where == {name: c.peer.there_ip for name in where}, where
+        assert len(where) == SHARDS + 1  # and the outbox dispatcher, which reads the files
 
 
 def test_node_b_dies_and_its_shards_answer_again_from_node_a(
-    two_nodes: TwoNodes, record_property: Callable[..., None]
+    cluster: Cluster, record_property: Callable[..., None]
 ) -> None:
-    c = two_nodes
+    c = cluster
+    with ExitStack() as stack:
+        env = c.env()
+        a = c.serve(stack, env, on_peer=False)  # creates the actors, spread over both nodes
+        b = c.serve(stack, env, on_peer=True)
+        _node_b_dies(c, env, a, b, record_property)
+
+
+def _node_b_dies(
+    c: Cluster, env: dict[str, str], a: ServerProcess, b: ServerProcess,
+    record_property: Callable[..., None],
+) -> None:
     here, there = c.peer.here_ip, c.peer.there_ip
-    before = _placements(c.env)
+    before = _placements(env)
     on_b = sorted(int(k.split("-")[1]) for k, node in before.items()
                   if k.startswith("shard-") and node == there)  # fmt: skip
     assert on_b, f"no shard was placed on node B: {before}"
@@ -131,7 +168,7 @@ def test_node_b_dies_and_its_shards_answer_again_from_node_a(
     c.stubs.notifications.set_failing(503, seconds=3)  # calls still owed when B dies
 
     async def scenario() -> tuple[dict[int, float], int]:
-        async with httpx.AsyncClient(base_url=c.a.base_url, timeout=timeout(30)) as client:
+        async with httpx.AsyncClient(base_url=a.base_url, timeout=timeout(30)) as client:
             await stream.start_sessions(client)
             # A session on every shard, to ask each whether it answers.
             probes: dict[int, str] = {}
@@ -151,7 +188,7 @@ def test_node_b_dies_and_its_shards_answer_again_from_node_a(
 
             # A rider posts to node A; a watcher on node B gets the update.
             ride = stream.rides[0]
-            async with ws_connect(c.b, ride.tracking_id) as ws:
+            async with ws_connect(b, ride.tracking_id) as ws:
                 first = await initial_state(ws)
                 lat, lng = ride.point(0)
                 r = await client.post(
@@ -190,7 +227,7 @@ def test_node_b_dies_and_its_shards_answer_again_from_node_a(
             return back, len(killed)
 
     back, n_killed = asyncio.run(scenario())
-    after = _placements(c.env)
+    after = _placements(env)
     assert {k: v for k, v in after.items() if k.startswith("shard-")} == {
         f"shard-{i:03d}": here for i in range(SHARDS)
     }, f"shards not all on node A after B died: {after}"
