@@ -205,6 +205,10 @@ class PostgresStore:
         try:
             ensure_schema(self.conn, url, shards)
             self._claim(claim_wait_s)
+        except psycopg.Error as e:
+            self.close()
+            raise StoreError(f"shard {shard} cannot claim its place in the store at"
+                             f" {redact(url)}: {e}".strip()) from e  # fmt: skip
         except BaseException:
             self.close()
             raise
@@ -325,6 +329,13 @@ class PostgresStore:
         return int(head[0]), rows
 
     def load_sessions(self, lt: Lifetimes) -> list[Session]:
+        try:
+            return self._load_sessions(lt)
+        except psycopg.Error as e:
+            raise StoreError(f"shard {self.shard} cannot load from the store at"
+                             f" {redact(self.url)}: {e}".strip()) from e  # fmt: skip
+
+    def _load_sessions(self, lt: Lifetimes) -> list[Session]:
         self._reconnect_if_needed()
         c = self.conn
         facts: dict[str, SessionRow] = {
