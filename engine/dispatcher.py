@@ -308,8 +308,8 @@ class Dispatcher:
 # outbox dispatcher actor is sent. A setting added later is not sent until it is named here;
 # tests/unit/test_dispatcher_settings.py makes every new setting take a side.
 DISPATCHER_SETTINGS = frozenset({
-    "data_dir", "shards", "journal", "order_service_url", "notification_service_url",
-    "outbox_max_attempts", "outbox_timeout_s", "service_secret",
+    "data_dir", "store_url", "shards", "journal", "order_service_url",
+    "notification_service_url", "outbox_max_attempts", "outbox_timeout_s", "service_secret",
 })
 
 

@@ -26,7 +26,7 @@ import orjson
 
 from engine.domain.integrations import OutboxItem
 from engine.domain.outbox_policy import Outcome
-from engine.domain.session import ROW_COLUMNS, Change, Lifetimes, Session
+from engine.domain.session import ROW_COLUMNS, Lifetimes, Session
 from engine.domain.status import Status
 from engine.domain.view import HistoryItem
 from engine.store.base import (
@@ -36,6 +36,7 @@ from engine.store.base import (
     OutboxRow,
     StoreError,
 )
+from engine.store.recovery import JournalRow, recover
 
 log = logging.getLogger(__name__)
 
@@ -232,45 +233,17 @@ class SqliteStore:
         c = self.conn
         facts = {r[0]: r for r in c.execute(f"SELECT {', '.join(ROW_COLUMNS)} FROM sessions")}
         top = c.execute("SELECT COALESCE(MAX(id), 0) FROM journal").fetchone()[0]
-        cp = self._read_checkpoint()
-        if cp is not None and cp[0] > top:
-            log.warning("ignoring checkpoint %s: it is ahead of the journal", self.checkpoint)
-            cp = None
-        state, upto = self._replay(facts, cp)
-        if cp is not None and len(state) < len(facts):
-            # A session the checkpoint missed (say, a purge that failed): replay it all.
-            log.warning("checkpoint %s misses sessions; replaying the whole journal",
-                        self.checkpoint)
-            state, upto = self._replay(facts, None)
-        self._high = max(top, upto)
-        out = []
-        for tid, (seq, status, lat, lng, at, head) in state.items():
-            last = Change(tid, seq, Status(status), None, lat, lng, at)
-            s = Session.restore(facts[tid], last, lt)
-            s.head = head
-            out.append(s)
-        return out
 
-    def _replay(
-        self, facts: dict[str, tuple[Any, ...]], cp: tuple[int, list[CheckpointRow]] | None
-    ) -> tuple[dict[str, tuple[Any, ...]], int]:
-        state: dict[str, tuple[Any, ...]] = {}
-        upto = 0
-        if cp is not None:
-            upto = cp[0]
-            for tid, seq, status, lat, lng, at, head in cp[1]:
-                if tid in facts:
-                    state[tid] = (seq, status, lat, lng, at, head)
-        cur = self.conn.execute(
-            "SELECT id, tracking_id, seq, status, lat, lng, at FROM journal WHERE id > ?"
-            " ORDER BY id", (upto,),
+        def rows_after(upto: int) -> Iterable[JournalRow]:
+            return c.execute(
+                "SELECT id, tracking_id, seq, status, lat, lng, at FROM journal WHERE id > ?"
+                " ORDER BY id", (upto,),
+            )
+
+        sessions, self._high = recover(
+            facts, top, self._read_checkpoint(), rows_after, lt, str(self.checkpoint)
         )
-        for jid, tid, seq, status, lat, lng, at in cur:
-            if tid in facts:
-                old = state.get(tid)
-                if old is None or seq > old[0]:
-                    state[tid] = (seq, status, lat, lng, at, jid)
-        return state, upto
+        return sessions
 
     def journal_high(self) -> int:
         return self._high

@@ -15,7 +15,8 @@ from engine.store import StoreSpec
 # Every other setting, each one that the dispatcher does not read. A new setting fails the
 # test below until it is put on one side or the other.
 NOT_FOR_THE_DISPATCHER = frozenset({
-    "jwt_secret", "ray_address", "ray_namespace", "engine", "avg_speed_kmh", "session_ttl_s",
+    "jwt_secret", "ray_address", "ray_namespace", "ray_node_ip", "engine", "avg_speed_kmh",
+    "session_ttl_s",
     "delivered_ttl_s", "purge_after_s", "sweep_interval_s", "ws_queue_max",
     "ws_max_message_bytes", "tile_url", "tile_attribution", "max_body_bytes", "max_sockets",
     "limit_start_per_principal", "limit_start_per_ip", "limit_update_per_principal",
