@@ -11,6 +11,8 @@ from fastapi.responses import JSONResponse
 
 from api import asyncapi as asyncapi_doc
 from api.auth import CurrentPrincipal, MaybePrincipal, Role, require_roles
+from api.limits import Limits, client_ip
+from api.metrics_port import scrape
 from api.models import (
     DeadLetters,
     ErrorBody,
@@ -21,12 +23,13 @@ from api.models import (
     TrackingView,
     UpdateRequest,
 )
-from api.observability import event_log, render
+from api.observability import event_log
+from api.order_check import OrderCheck
 from api.updates import apply_update
 from engine.client import EngineClient
 from engine.dispatcher import Outbox
 from engine.domain.errors import Forbidden, NotFound, TrackingError
-from engine.protocol import ID_MAX, LocationReport, PlatformStats, decode_view
+from engine.protocol import ID_MAX, LocationReport, PlatformStats, Resumed, decode_view
 
 router = APIRouter()
 
@@ -60,33 +63,51 @@ def _check_id(tracking_id: str) -> None:
         raise NotFound("Tracking session not found")
 
 
+def _limits(request: Request) -> Limits:
+    limits: Limits = request.app.state.limits
+    return limits
+
+
 @router.post(
     "/tracking/start", status_code=201, response_model=TrackingView,
-    responses=_errors(401, 403, 409, 422),
+    responses={
+        **_errors(401, 403, 409, 413, 422, 429, 503),
+        200: {"model": TrackingView,
+              "description": "The order's live session, started before by the same rider"},
+    },
 )
 async def start_tracking(
     body: StartRequest, principal: CurrentPrincipal, request: Request
 ) -> Response:
-    """Start tracking an order; the rider named in the body or a superadmin."""
+    """Start tracking an order; the rider named in the body or a superadmin.
+
+    A start repeated by the rider of the order's live session answers that session (200), so
+    a retried start is safe; a start by anyone else for an order with a live session is 409."""
+    _limits(request).check("start", principal, client_ip(request.scope))
     if not principal.is_admin and not (
         principal.role is Role.RIDER and principal.sub == body.rider_id
     ):
         raise Forbidden("Only the rider named in the body or a superadmin may start tracking")
-    view = await _engine(request).start(
+    orders: OrderCheck | None = request.app.state.order_check
+    if orders is not None:
+        await orders.check(body.order_id, body.rider_id)
+    started = await _engine(request).start(
         body.order_id, body.rider_id, body.dropoff_lat, body.dropoff_lng, body.phone
     )
+    if isinstance(started, Resumed):
+        return _json(started.view, 200)
     event_log.info("tracking started", extra={"fields": {
         "request_id": getattr(request.state, "request_id", None),
         "order_id": body.order_id, "rider_id": body.rider_id,
-        "tracking_id": decode_view(view).tracking_id,
+        "tracking_id": decode_view(started).tracking_id,
         "principal": f"{principal.role}:{principal.sub}",
     }})
-    return _json(view, 201)
+    return _json(started, 201)
 
 
 @router.post(
     "/tracking/update/{tracking_id}", response_model=TrackingView,
-    responses=_errors(401, 403, 404, 409, 410, 413, 422),
+    responses=_errors(401, 403, 404, 409, 410, 413, 422, 429),
 )
 async def update_tracking(
     tracking_id: TrackingId, body: UpdateRequest, principal: CurrentPrincipal, request: Request
@@ -95,6 +116,7 @@ async def update_tracking(
 
     Served by `api.updates.LeanUpdates` in front of the framework; this declaration is its
     OpenAPI description, and serves the same updates when that front door is not installed."""
+    _limits(request).check("update", principal, client_ip(request.scope))
     report = LocationReport(body.lat, body.lng, body.status)
     view = await apply_update(_engine(request), tracking_id, report, principal, "http")
     return _json(view)
@@ -192,14 +214,13 @@ async def asyncapi(request: Request) -> Response:
     return _json(doc)
 
 
-@router.get("/metrics", include_in_schema=False)
+@router.get(
+    "/metrics", include_in_schema=False, dependencies=[require_roles(Role.SUPERADMIN)]
+)
 async def metrics(request: Request) -> Response:
-    """Prometheus exposition: this service's counters plus engine-wide gauges."""
-    try:
-        engine_stats: dict[str, Any] | None = msgspec.to_builtins(await _platform_stats(request))
-    except TrackingError:
-        engine_stats = None
-    body, content_type = render(engine_stats)
+    """Prometheus exposition: this service's counters plus engine-wide gauges; superadmin only
+    (or without a token on the metrics port, `api.metrics_port`)."""
+    body, content_type = await scrape(_engine(request), _outbox(request))
     return Response(body, media_type=content_type)
 
 

@@ -16,7 +16,12 @@ from typing import Any
 from sim.plan import PlanSettings
 from sim.route import City
 
-FAULT_KINDS = ("watcher_reconnect", "invalid_transition", "receiver_down", "receiver_failing")
+FAULT_KINDS = (
+    "watcher_reconnect", "invalid_transition", "receiver_down", "receiver_failing",
+    "kill_shard", "restart_server",
+)
+# Faults done to the server's processes: only to a server this run started itself.
+SERVER_FAULTS = ("kill_shard", "restart_server")
 SERVICES = ("orders", "notifications")
 ROLES = ("customer", "merchant", "ops", "public")
 
@@ -36,6 +41,7 @@ class Fault:
     seconds: float | None = None  # receiver faults: how long
     calls: int | None = None  # receiver_failing: how many calls
     status: int = 503  # receiver_failing: what to answer (0: drop the connection)
+    down_for_s: float = 0.0  # restart_server: how long the server stays down before it restarts
 
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS:
@@ -88,6 +94,11 @@ class RunConfig:
 
     def fault(self, kind: str) -> Fault | None:
         return next((f for f in self.faults if f.kind == kind), None)
+
+    @property
+    def server_faults(self) -> tuple[Fault, ...]:
+        """Faults done to the server's processes (kill_shard, restart_server)."""
+        return tuple(f for f in self.faults if f.kind in SERVER_FAULTS)
 
 
 _FLEET_KEYS = {
