@@ -55,6 +55,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MAX_BATCH = 2000
+# Measured at 1,600 updates/s over HTTP (2 shards, 1,000 watchers, ../shared/perf/loadgen.py):
+# calls leaving as soon as the previous answered carried 1.4 commands each, and a shard spent
+# about 250 us of CPU per call, most of it its commit's fsync (synchronous=FULL).
+MIN_CALL_INTERVAL_S = 0.003
 # A shard that does not answer a batch in this long is treated as down for that batch: its
 # callers get Unavailable (503) instead of hanging. (Whether it applied the batch is unknown.)
 CALL_TIMEOUT_S = 30.0
@@ -188,6 +192,7 @@ class _Lane:
         self.observe = observe
         self.pending: list[_Pending] = []
         self.busy = False
+        self.last_start = float("-inf")
         self._task: asyncio.Task[None] | None = None
 
     def submit(self, cmd: AnyCommand, take: Callable[[Reply], T]) -> asyncio.Future[T]:
@@ -203,6 +208,13 @@ class _Lane:
         loop = asyncio.get_running_loop()
         try:
             while self.pending:
+                # Calls start at most every MIN_CALL_INTERVAL_S: under load the commands of that
+                # interval share one call (and one commit, one fsync); an idle lane's first
+                # command leaves at once.
+                wait = self.last_start + MIN_CALL_INTERVAL_S - loop.time()
+                if wait > 0 and len(self.pending) < MAX_BATCH:
+                    await asyncio.sleep(wait)
+                self.last_start = loop.time()
                 batch = self.pending[:MAX_BATCH]
                 del self.pending[:MAX_BATCH]
                 t0 = loop.time()
