@@ -74,6 +74,8 @@ def serve(args: argparse.Namespace) -> int:
             # Prepared frames written once for every watcher (api/wsproto.py); a compressed
             # frame could not be shared between sockets.
             "ws": "api.wsproto:TrackingWebSocketProtocol", "ws_per_message_deflate": False,
+            # Each response in one write (api/httpproto.py).
+            "http": "api.httpproto:TrackingHttpProtocol",
             "timeout_graceful_shutdown": 5, "access_log": False,
         }
         # uvicorn stops gracefully on SIGTERM / SIGINT, then raises the signal again with the
