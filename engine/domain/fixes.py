@@ -7,10 +7,13 @@ reaching it from the last kept fix would need more than a rider's top speed. A d
 an error (the phone did nothing wrong); the caller answers it with the unchanged view and the
 reason.
 
-Rules that compare times need the device's time: without `recorded_at` a fix's time is when the
-shard accepted it, which includes network delays and bursts (a phone's buffered sends arrive
-together), so such fixes are judged only by what they carry (validity, accuracy). With it, each fix
-is judged by its own time, never by the batch it arrived in.
+Only fixes that carry `recorded_at` or `accuracy_m` are judged: a plain update (`lat`, `lng`,
+maybe `status`) is taken as API.md says, any in-range position included, so clients of the
+contract see nothing change. Rules that compare times need the device's time: without
+`recorded_at` a fix's time is when the shard accepted it, which includes network delays and bursts
+(a phone's buffered sends arrive together), so such a fix is judged only by what it carries
+(validity, (0, 0), accuracy). With it, each fix is judged by its own time, never by the batch it
+arrived in.
 
 A fix older than the newest kept one (it arrived late, or from an offline buffer) is *late*: it
 goes into the history but does not move the current location. Its implied speed is measured
@@ -130,6 +133,8 @@ def _valid(fix: Fix) -> bool:
 
 def judge(fix: Fix, now: float, memory: Memory | None, rules: FixRules) -> Verdict:
     """Keep, keep as late, or drop `fix`, given what the session remembers and the time now."""
+    if fix.recorded_at is None and fix.accuracy_m is None:
+        return KEPT  # a plain API.md update
     if not _valid(fix):
         return _DROPPED[Reason.INVALID]
     if abs(fix.lat) < NULL_ISLAND_DEG and abs(fix.lng) < NULL_ISLAND_DEG:

@@ -181,12 +181,16 @@ class Session:
         self, fix: Fix, requested: Status | None, now: float, lt: Lifetimes, rules: Rules | None
     ) -> Outcome:
         """A rider's report: its status step (Conflict, and nothing changes, if not allowed),
-        then its fix, judged by `rules` (None: taken as it comes, no milestones)."""
+        then its fix, judged by `rules` (None: taken as it comes, no milestones). Only a fix that
+        carries `recorded_at` or `accuracy_m` (a phone that knows these rules) is judged and
+        counts towards milestones: a plain API.md update behaves exactly as the contract says."""
         new_status = check_transition(self.status, requested)
         previous = self.status
         moved = new_status is not previous
         reason: Reason | None = None
         late = False
+        if rules is not None and fix.recorded_at is None and fix.accuracy_m is None:
+            rules = None
         if rules is not None:
             verdict = judge(fix, now, self.fixes, rules.fixes)
             reason, late = verdict.reason, verdict.late
@@ -238,15 +242,16 @@ class Session:
         return (APPROACHING if self.prox.approached else 0) | (ARRIVED if self.prox.arrived else 0)
 
     # -- views ------------------------------------------------------------------------------
-    def view(self) -> View:
-        """The public view of API.md (never the phone), plus `seq` and `started_at`."""
+    def view(self, presence: bool = False) -> View:
+        """The public view of API.md (never the phone), plus `seq`, `started_at`, `proximity`
+        once a milestone fired, and with `presence` the number of watching sockets."""
         loc = None
         if self.lat is not None and self.lng is not None and self.loc_ts is not None:
             loc = Location(self.lat, self.lng, int(self.loc_ts))
         return View(
             self.tracking_id, self.order_id, self.rider_id, self.status, loc,
             Point(self.dropoff_lat, self.dropoff_lng), self.eta, int(self.updated_at), self.seq,
-            int(self.started_at), self.watchers, self.prox.milestone,
+            int(self.started_at), self.watchers if presence else None, self.prox.milestone,
         )
 
     # -- persistence ------------------------------------------------------------------------

@@ -27,8 +27,10 @@ class Point(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     lng: float
 
 
-class View(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """What every endpoint and message returns for a session; never the customer's phone."""
+class View(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """What every endpoint and message returns for a session; never the customer's phone.
+    The optional fields appear only when set, so a session's view is the same everywhere for one
+    seq (clients compare them): `watchers` only where asked for (it changes without a seq)."""
 
     tracking_id: str
     order_id: str
@@ -40,7 +42,7 @@ class View(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     updated_at: int
     seq: int
     started_at: int
-    watchers: int = 0  # sockets watching the session, in every API process
+    watchers: int | None = None  # sockets watching the session, in every API process
     proximity: Milestone | None = None  # the last milestone reached: approaching, arrived
 
 

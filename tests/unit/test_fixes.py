@@ -49,7 +49,7 @@ def reasons(verdicts: list[Verdict]) -> list[str]:
 
 
 @pytest.mark.parametrize("fix", [
-    Fix(math.nan, 0.5), Fix(5.6, math.inf), Fix(91.0, 0.0), Fix(5.6, -181.0),
+    Fix(math.nan, 0.5, NOW), Fix(5.6, math.inf, NOW), Fix(91.0, 0.0, NOW), Fix(5.6, -181.0, NOW),
     Fix(5.6, -0.18, recorded_at=math.nan), Fix(5.6, -0.18, recorded_at=-5.0),
     Fix(5.6, -0.18, accuracy_m=-1.0), Fix(5.6, -0.18, accuracy_m=math.inf),
 ])  # fmt: skip
@@ -58,8 +58,16 @@ def test_invalid_fixes_are_dropped(fix: Fix) -> None:
 
 
 def test_null_island_is_dropped_even_without_bounds() -> None:
-    assert judge(Fix(0.0, 0.0), NOW, None, OPEN).reason is Reason.NULL_ISLAND
-    assert judge(Fix(0.0, 1e-3), NOW, None, OPEN).kept  # a real place on the equator
+    assert judge(Fix(0.0, 0.0, NOW), NOW, None, OPEN).reason is Reason.NULL_ISLAND
+    assert judge(Fix(0.0, 0.0, accuracy_m=5.0), NOW, None, OPEN).reason is Reason.NULL_ISLAND
+    assert judge(Fix(0.0, 1e-3, NOW), NOW, None, OPEN).kept  # a real place on the equator
+
+
+def test_a_plain_update_is_taken_as_the_contract_says() -> None:
+    # Neither recorded_at nor accuracy_m: API.md's update, (0, 0) included, whatever the rules.
+    assert judge(Fix(0.0, 0.0), NOW, None, RULES).kept
+    _, memory = run([north(0, NOW - 1)])
+    assert judge(north(90_000), NOW, memory, RULES).kept
 
 
 def test_accuracy_bound() -> None:

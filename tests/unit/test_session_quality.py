@@ -3,6 +3,8 @@ status carried by a dropped fix, milestones (journal flags), and restoring what 
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from engine.clock import ManualClock
@@ -42,7 +44,7 @@ def test_a_dropped_fix_changes_nothing_and_says_why() -> None:
     s = new(clock)
     s.report(away(2000, clock() - 5), None, clock(), LT, RULES)
     before = s.view()
-    out = s.report(Fix(0.0, 0.0), None, clock(), LT, RULES)
+    out = s.report(Fix(0.0, 0.0, accuracy_m=5.0), None, clock(), LT, RULES)
     assert out.change is None
     assert out.filtered is Reason.NULL_ISLAND
     assert s.view() == before
@@ -54,7 +56,7 @@ def test_a_status_carried_by_a_dropped_fix_still_applies() -> None:
     s.report(away(2000), None, clock(), LT, RULES)
     loc = s.view().current_location
     clock.advance(10)
-    out = s.report(Fix(0.0, 0.0), PICKED, clock(), LT, RULES)
+    out = s.report(Fix(0.0, 0.0, accuracy_m=5.0), PICKED, clock(), LT, RULES)
     assert out.filtered is Reason.NULL_ISLAND
     assert out.change == Change("TRK-q", 3, PICKED, Status.ASSIGNED, None, None, clock())
     v = s.view()
@@ -97,21 +99,28 @@ def test_fixes_of_one_batch_are_judged_by_their_own_times() -> None:
     assert b.filtered is None
 
 
+def ride(s: Session, clock: ManualClock, metres: float, status: Status | None = None) -> Any:
+    """A fix with the phone's time, 10 s after the last."""
+    clock.advance(10)
+    return s.report(away(metres, clock()), status, clock(), LT, RULES)
+
+
 def test_milestones_fire_once_with_flags_and_owe_one_notification() -> None:
     clock = ManualClock()
     s = new(clock)
-    s.report(away(5000), PICKED, clock(), LT, RULES)
-    s.report(away(4000), TRANSIT, clock(), LT, RULES)
+    ride(s, clock, 5000, PICKED)
+    ride(s, clock, 4900, TRANSIT)
     fired: list[tuple[int, Milestone]] = []
     calls = []
-    for d in (400, 300, 200, 100, 20, 10, 8):
-        clock.advance(10)
-        out = s.report(away(d), None, clock(), LT, RULES)
+    for d in (4800, 400, 300, 200, 100, 20, 10, 8):
+        if d == 400:
+            clock.advance(400)  # riding in
+        out = ride(s, clock, d)
         assert out.change is not None
         fired.extend((out.change.seq, m) for m in out.milestones)
         assert out.change.milestones == out.milestones
         calls.extend(owed_calls(s, out.change, order_service=True, notification_service=True))
-    assert fired == [(5, Milestone.APPROACHING), (9, Milestone.ARRIVED)]
+    assert fired == [(6, Milestone.APPROACHING), (10, Milestone.ARRIVED)]
     assert [c.idempotency_key for c in calls] == ["TRK-q:rider_approaching:IN_TRANSIT"]
     assert s.view().proximity is Milestone.ARRIVED
     assert s.milestone_flags() == APPROACHING | ARRIVED
@@ -120,19 +129,20 @@ def test_milestones_fire_once_with_flags_and_owe_one_notification() -> None:
 def test_no_phone_no_approach_notification() -> None:
     clock = ManualClock()
     s = new(clock, phone=None)
-    s.report(away(5000), PICKED, clock(), LT, RULES)
-    changes = [s.report(away(d), None, clock(), LT, RULES).change for d in (100, 90)]
-    assert changes[-1] is not None
-    assert changes[-1].flags == APPROACHING
-    assert owed_calls(s, changes[-1], True, True) == []
+    ride(s, clock, 100, PICKED)
+    change = ride(s, clock, 90).change
+    assert change is not None
+    assert change.flags == APPROACHING
+    assert owed_calls(s, change, True, True) == []
 
 
 def test_a_rider_first_seen_at_the_door_approaches_before_delivering() -> None:
     clock = ManualClock()
     s = new(clock)
-    s.report(away(5000), PICKED, clock(), LT, RULES)
-    s.report(away(5000), TRANSIT, clock(), LT, RULES)
-    out = s.report(away(5), DELIVERED, clock(), LT, RULES)
+    ride(s, clock, 5000, PICKED)
+    ride(s, clock, 5000, TRANSIT)
+    clock.advance(1000)
+    out = ride(s, clock, 5, DELIVERED)
     assert out.milestones == (Milestone.APPROACHING, Milestone.ARRIVED)
     assert out.change is not None
     keys = [c.idempotency_key for c in owed_calls(s, out.change, True, True)]
@@ -140,14 +150,15 @@ def test_a_rider_first_seen_at_the_door_approaches_before_delivering() -> None:
                     "TRK-q:delivered:DELIVERED"]  # fmt: skip
 
 
-def test_no_milestones_before_pickup_or_without_rules() -> None:
+def test_no_milestones_before_pickup_nor_for_plain_updates() -> None:
     clock = ManualClock()
     s = new(clock)
     for _ in range(3):
-        assert s.report(away(5), None, clock(), LT, RULES).milestones == ()
-    s.apply_update(*DROP, PICKED, clock(), LT)
-    s.apply_update(*DROP, None, clock(), LT)
-    assert s.view().proximity is None  # apply_update judges nothing
+        assert ride(s, clock, 5).milestones == ()  # ASSIGNED: riding to the merchant
+    for status in (PICKED, None, TRANSIT, None):
+        # A plain API.md update (no recorded_at, no accuracy_m): nothing new happens.
+        assert s.report(Fix(*DROP), status, clock(), LT, RULES).milestones == ()
+    assert s.view().proximity is None
 
 
 def test_restore_keeps_what_fired_and_the_locations_device_time() -> None:
@@ -160,5 +171,5 @@ def test_restore_keeps_what_fired_and_the_locations_device_time() -> None:
     assert r.view().proximity is Milestone.APPROACHING
     assert r.view().current_location == Location(5.6, -0.18, int(clock() - 7))
     # Approach does not fire again after a restart; arrival still can.
-    fired = [m for d in (10, 10) for m in r.report(away(d), None, clock(), LT, RULES).milestones]
+    fired = [m for d in (10, 10) for m in ride(r, clock, d).milestones]
     assert fired == [Milestone.ARRIVED]
