@@ -18,17 +18,21 @@ from dataclasses import dataclass, field
 from typing import assert_never
 
 from engine.domain.errors import Conflict, NotFound, TrackingError, Unavailable
+from engine.domain.fixes import Fix, Reason
 from engine.domain.integrations import OutboxItem, owed_calls
+from engine.domain.proximity import Milestone
 from engine.domain.routing import new_tracking_id
-from engine.domain.session import Change, Lifetimes, Session
+from engine.domain.session import LATE, Change, Lifetimes, Rules, Session
 from engine.domain.stats import session_counts
-from engine.domain.status import Status
+from engine.domain.status import Status, check_transition
 from engine.protocol import (
     EXPIRED_MESSAGE,
     AnyCommand,
+    BatchAnswer,
     Err,
     Event,
     EventKind,
+    FixResult,
     Get,
     HistoryPage,
     HistoryQuery,
@@ -44,12 +48,16 @@ from engine.protocol import (
     StatsQuery,
     Unwatch,
     Update,
+    UpdateBatch,
     Watch,
     Watched,
     encode_view,
+    filtered,
     location_update,
+    milestone,
     status_change,
 )
+from engine.replay import Replay
 from engine.store.base import CheckpointRow, Entry, NullStore, Store
 
 log = logging.getLogger(__name__)
@@ -98,6 +106,8 @@ class ShardConfig:
     lifetimes: Lifetimes
     order_service: bool = False
     notification_service: bool = False
+    rules: Rules = field(default_factory=Rules)
+    resume_max: int = 1000  # a watcher resuming further back than this many changes starts afresh
 
 
 class Shard:
@@ -115,6 +125,10 @@ class Shard:
         self.by_rider: dict[str, list[str]] = {}
         self.watchers: dict[str, set[str]] = {}
         self.gateways: dict[str, GatewayQueue] = {}
+        self.presence: dict[str, dict[str, int]] = {}  # tracking id -> gateway -> sockets
+        self.filtered: dict[str, int] = {}  # dropped fixes by reason, since this start
+        self.late_fixes = 0
+        self.milestones: dict[str, int] = {}
         self._timers: list[tuple[float, _Timer, str]] = []
         self._expired: set[str] = set()
         self._next_id = 1  # the next journal id
@@ -132,6 +146,10 @@ class Shard:
         # `_expired` survives a reload: watchers were told already and must not be told twice.
         for s in sorted(self.store.load_sessions(self.lt), key=_started):
             self._index(s)
+        for tid, per in self.presence.items():
+            watched = self.sessions.get(tid)
+            if watched is not None:
+                watched.watchers = sum(per.values())
         self._next_id = self.store.journal_high() + 1
 
     def _index(self, s: Session) -> None:
@@ -173,19 +191,27 @@ class Shard:
         match cmd:
             case Update():
                 return self._update(cmd, now, batch)
-            case Get(tracking_id=tid):
-                return encode_view(self._live(tid, now).view())
+            case UpdateBatch():
+                return self._update_batch(cmd, now, batch)
+            case Get(tracking_id=tid, presence=presence):
+                return encode_view(self._live(tid, now).view(presence))
             case Ping(writable=writable):
                 if writable and self.write_error is not None:
                     raise Unavailable(f"shard {self.cfg.index} cannot write: {self.write_error}")
                 return len(self.sessions)
             case Start():
                 return self._start(cmd, now, batch)
-            case Watch(tracking_id=tid, gateway=gw):
+            case Watch(tracking_id=tid, gateway=gw, since_seq=since):
                 s = self._live(tid, now)
                 self.watchers.setdefault(tid, set()).add(gw)
                 self._gateway(gw, now)
-                return Watched(s.seq, encode_view(s.view()))
+                view = encode_view(s.view())
+                if since is None:
+                    return Watched(s.seq, view)
+                missed = Replay(s, self.store, self.lt).events(since, self.cfg.resume_max)
+                if missed is None:
+                    return Watched(s.seq, view, recovered=False)
+                return Watched(s.seq, view, missed, True)
             case Unwatch(tracking_id=tid, gateway=gw):
                 self._unwatch(tid, gw)
                 return None
@@ -200,10 +226,47 @@ class Shard:
                 assert_never(cmd)
 
     def _update(self, cmd: Update, now: float, batch: _Batch) -> bytes:
-        tid = cmd.tracking_id
-        s = self._live(tid, now)
+        s = self._live(cmd.tracking_id, now)
         s.authorize_update(cmd.rider_id)
-        ch = s.apply_update(cmd.lat, cmd.lng, cmd.status, now, self.lt)
+        fix = Fix(cmd.lat, cmd.lng, cmd.recorded_at, cmd.accuracy_m)
+        out = s.report(fix, cmd.status, now, self.lt, self.cfg.rules)
+        if out.filtered is not None:
+            self._count_filtered(out.filtered)
+        if out.change is None:
+            assert out.filtered is not None
+            return filtered(encode_view(s.view()), out.filtered)
+        encoded = self._accept(s, out.change, out.milestones, batch)
+        return encoded if out.filtered is None else filtered(encoded, out.filtered)
+
+    def _update_batch(self, cmd: UpdateBatch, now: float, batch: _Batch) -> BatchAnswer:
+        s = self._live(cmd.tracking_id, now)
+        s.authorize_update(cmd.rider_id)
+        status = s.status
+        for i, f in enumerate(cmd.fixes):  # all or nothing for the status steps
+            try:
+                status = check_transition(status, f.status)
+            except Conflict as e:
+                raise Conflict(f"fixes[{i}]: {e.detail}") from None
+        results: list[FixResult] = []
+        encoded: bytes | None = None
+        for f in cmd.fixes:
+            fix = Fix(f.lat, f.lng, f.recorded_at, f.accuracy_m)
+            out = s.report(fix, f.status, now, self.lt, self.cfg.rules)
+            if out.filtered is not None:
+                self._count_filtered(out.filtered)
+            ch = out.change
+            if ch is not None:
+                encoded = self._accept(s, ch, out.milestones, batch)
+            late = ch is not None and bool(ch.flags & LATE)
+            results.append(FixResult(out.filtered is None, ch.seq if ch else None, out.filtered,
+                                     late))
+        return BatchAnswer(encoded if encoded is not None else encode_view(s.view()), results)
+
+    def _accept(
+        self, s: Session, ch: Change, fired: tuple[Milestone, ...], batch: _Batch
+    ) -> bytes:
+        """Journal an accepted change, queue its events and owed calls; the view's JSON."""
+        tid = s.tracking_id
         self._journal(s, ch, batch)
         encoded = encode_view(s.view())
         if tid in self.watchers:
@@ -212,11 +275,20 @@ class Shard:
                 batch.events.append(
                     (tid, EventKind.STATUS, ch.seq, status_change(encoded, ch.previous_status))
                 )
-        if ch.previous_status is not None:
-            if ch.status is Status.DELIVERED:
-                heapq.heappush(self._timers, (s.expires_at(self.lt), _Timer.EXPIRE, tid))
+            for m in fired:
+                batch.events.append((tid, EventKind.MILESTONE, ch.seq, milestone(encoded, m)))
+        if ch.flags & LATE:
+            self.late_fixes += 1
+        for m in fired:
+            self.milestones[m.value] = self.milestones.get(m.value, 0) + 1
+        if ch.previous_status is not None and ch.status is Status.DELIVERED:
+            heapq.heappush(self._timers, (s.expires_at(self.lt), _Timer.EXPIRE, tid))
+        if ch.previous_status is not None or fired:
             batch.outbox.extend(self._owed(s, ch))
         return encoded
+
+    def _count_filtered(self, reason: Reason) -> None:
+        self.filtered[reason.value] = self.filtered.get(reason.value, 0) + 1
 
     def _journal(self, s: Session, ch: Change, batch: _Batch) -> None:
         jid = self._next_id
@@ -273,9 +345,40 @@ class Shard:
         counts = session_counts(((s.status, s.updated_at) for s in live), now)
         by_gateway = {gw: q.connections for gw, q in self.gateways.items()}
         positions = [OpsDot(s.tracking_id, s.status, s.lat, s.lng, s.eta) for s in live[:dots]]
-        return ShardStats(counts, by_gateway, len(self.watchers), positions)
+        per_session = [sum(per.values()) for per in self.presence.values()]
+        presence = (len(per_session), sum(per_session), max(per_session, default=0))
+        return ShardStats(
+            counts, by_gateway, len(self.watchers), positions, dict(self.filtered),
+            self.late_fixes, dict(self.milestones), presence,
+        )
 
     # -- gateways and events ------------------------------------------------------------------
+    def report_presence(self, gw: str, counts: dict[str, int]) -> None:
+        """A gateway's socket counts for sessions of this shard (absolute; 0: none left)."""
+        for tid, n in counts.items():
+            s = self.sessions.get(tid)
+            if s is None:
+                continue
+            per = self.presence.get(tid)
+            if n > 0:
+                if per is None:
+                    per = self.presence[tid] = {}
+                per[gw] = n
+            elif per is not None:
+                per.pop(gw, None)
+            s.watchers = sum(per.values()) if per else 0
+            if per is not None and not per:
+                del self.presence[tid]
+
+    def _forget_presence(self, tid: str, gw: str) -> None:
+        per = self.presence.get(tid)
+        if per is not None and per.pop(gw, None) is not None:
+            s = self.sessions.get(tid)
+            if s is not None:
+                s.watchers = sum(per.values())
+            if not per:
+                del self.presence[tid]
+
     def _gateway(self, gw: str, now: float) -> GatewayQueue:
         q = self.gateways.get(gw)
         if q is None:
@@ -322,7 +425,8 @@ class Shard:
     def checkpoint_rows(self, sessions: Sequence[Session]) -> list[CheckpointRow]:
         """The state of `sessions` for a checkpoint (see `engine.store.base`)."""
         return [
-            (s.tracking_id, s.seq, s.status.value, s.lat, s.lng, s.updated_at, s.head)
+            (s.tracking_id, s.seq, s.status.value, s.lat, s.lng, s.updated_at, s.head,
+             s.loc_ts, s.milestone_flags())
             for s in sessions
         ]
 
@@ -368,6 +472,8 @@ class Shard:
                 del self.gateways[gw]
                 for tid in list(self.watchers):
                     self._unwatch(tid, gw)
+                for tid in list(self.presence):
+                    self._forget_presence(tid, gw)
         return expired
 
     def _unwatch(self, tid: str, gw: str) -> None:
@@ -381,6 +487,7 @@ class Shard:
         s = self.sessions.pop(tid)
         self._expired.discard(tid)
         self.watchers.pop(tid, None)
+        self.presence.pop(tid, None)
         if self.by_order.get(s.order_id) == tid:
             del self.by_order[s.order_id]
         tids = self.by_rider.get(s.rider_id)
