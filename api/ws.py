@@ -12,17 +12,21 @@ from api.auth import Principal, Role, TokenVerifier
 from api.errors import POLICY_VIOLATION, close_code
 from api.gateway import Gateway
 from api.observability import UPDATES
-from api.updates import apply_update
+from api.updates import apply_batch, apply_update
 from api.wsproto import EXTENSION, AsgiFrameSink, FrameSink, prepare_text
 from engine.client import EngineClient
-from engine.domain.errors import Forbidden, TrackingError
+from engine.domain.errors import Forbidden, InvalidInput, TrackingError
 from engine.protocol import (
+    FILTERED_MARK,
     ID_MAX,
     PONG,
     BadMessage,
     ClientPing,
+    ReportBatch,
     ReportLocation,
+    batch_result,
     error,
+    fix_filtered,
     ops_snapshot,
     read_client_message,
 )
@@ -53,12 +57,47 @@ def _principal(ws: WebSocket) -> Principal | None:
     return tokens.verify(token)
 
 
+def _reader(ws: WebSocket, tracking_id: str) -> Principal | None:
+    """The caller on a watch socket: a user, or None (public, or a share link of this session,
+    which may only read)."""
+    token = ws.query_params.get("token")
+    if not token:
+        return None
+    tokens: TokenVerifier = ws.app.state.tokens
+    reader = tokens.verify_reader(token, tracking_id)
+    return reader if isinstance(reader, Principal) else None
+
+
+SINCE_SEQ_MAX = 2**62
+
+
+def _flag(ws: WebSocket, name: str) -> bool:
+    raw = ws.query_params.get(name)
+    if raw is None or raw in ("false", "0"):
+        return False
+    if raw in ("true", "1", ""):
+        return True
+    raise InvalidInput(f"{name} must be true or false")
+
+
+def _since_seq(ws: WebSocket) -> int | None:
+    """`?since_seq=N`: resume after seq N (InvalidInput unless a non-negative integer)."""
+    raw = ws.query_params.get("since_seq")
+    if raw is None:
+        return None
+    if not raw.isdigit() or len(raw) > 19 or int(raw) > SINCE_SEQ_MAX:
+        raise InvalidInput(f"since_seq must be a whole number from 0 to {SINCE_SEQ_MAX}")
+    return int(raw)
+
+
 @router.websocket("/ws/tracking/{tracking_id}")
 async def watch(ws: WebSocket, tracking_id: str) -> None:
     gateway: Gateway = ws.app.state.gateway
     engine: EngineClient = ws.app.state.engine
     try:
-        principal = _principal(ws)
+        principal = _reader(ws, tracking_id)
+        since_seq = _since_seq(ws)
+        milestones = _flag(ws, "milestones")
     except TrackingError as e:
         await _refuse(ws, e.detail)
         return
@@ -71,7 +110,7 @@ async def watch(ws: WebSocket, tracking_id: str) -> None:
     if sink is None:  # not under `tracking serve`'s protocol: plain ASGI messages
         sink = fallback = AsgiFrameSink(ws.send_text, ws.close)
     try:
-        watcher = await gateway.attach(tracking_id, sink)
+        watcher = await gateway.attach(tracking_id, sink, since_seq, milestones)
     except TrackingError as e:
         if fallback is not None:
             fallback.stop()
@@ -80,6 +119,7 @@ async def watch(ws: WebSocket, tracking_id: str) -> None:
             await ws.close(close_code(e) or POLICY_VIOLATION, e.detail[:120])
         return
     limit = ws.app.state.settings.ws_max_message_bytes
+    batch_max = ws.app.state.settings.batch_max_fixes
     try:
         while not watcher.closed:
             raw = await ws.receive()
@@ -93,7 +133,7 @@ async def watch(ws: WebSocket, tracking_id: str) -> None:
             if len(text) > limit:
                 watcher.reply(prepare_text(error(f"message too large (limit {limit} bytes)")))
                 continue
-            reply = await _handle(text, tracking_id, principal, engine)
+            reply = await _handle(text, tracking_id, principal, engine, batch_max)
             if reply is not None:
                 watcher.reply(prepare_text(reply))
     except (WebSocketDisconnect, RuntimeError, OSError):
@@ -105,10 +145,11 @@ async def watch(ws: WebSocket, tracking_id: str) -> None:
 
 
 async def _handle(
-    text: str, tracking_id: str, principal: Principal | None, engine: EngineClient
+    text: str, tracking_id: str, principal: Principal | None, engine: EngineClient,
+    batch_max: int,
 ) -> bytes | None:
     """One client message; returns the direct reply, if any (updates reach all via fan-out)."""
-    msg: ReportLocation | ClientPing | None = None
+    msg: ReportLocation | ReportBatch | ClientPing | None = None
     try:
         msg = read_client_message(text)
     except BadMessage as e:
@@ -124,9 +165,14 @@ async def _handle(
         return error("not authorised: connect with ?token=<rider or superadmin token> to report")
     if not _may_report(principal):
         return error("not authorised: only the session's rider or a superadmin may update it")
-    assert isinstance(msg, ReportLocation)
     try:
-        await apply_update(engine, tracking_id, msg.location, principal, "ws")
+        if isinstance(msg, ReportBatch):
+            answer = await apply_batch(engine, tracking_id, msg.fixes, principal, "ws", batch_max)
+            return batch_result(answer)
+        assert isinstance(msg, ReportLocation)
+        view = await apply_update(engine, tracking_id, msg.location, principal, "ws")
+        if FILTERED_MARK in view:
+            return fix_filtered(view, msg.location)
     except Forbidden:
         return error("not authorised: only the session's rider or a superadmin may update it")
     except TrackingError as e:
