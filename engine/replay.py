@@ -38,32 +38,34 @@ def _location(item: HistoryItem) -> Location | None:
 
 
 class Replay:
-    """Rebuilds the events of one session after a seq."""
+    """Rebuilds the events of one session after a seq, up to the session's seq when made (it
+    may run later: once the batch that made it is journaled)."""
 
     def __init__(self, session: Session, store: Store, lt: Lifetimes) -> None:
         self.s = session
         self.store = store
         self.lt = lt
+        self.head, self.seq = session.head, session.seq
+        self.approached, self.arrived = session.prox.approached, session.prox.arrived
 
     def events(self, since: int, limit: int) -> list[Event] | None:
         """The events after seq `since`, in order; None when they cannot all be replayed (more
         than `limit` changes, a seq this session never reached, or a history the store lacks)."""
-        s = self.s
-        missing = s.seq - since
+        missing = self.seq - since
         if missing == 0:
             return []
         if since < 0 or missing < 0 or missing > limit:
             return None
-        items = self.store.history(s.head, since, missing)
-        if [it.seq for it in items] != list(range(since + 1, s.seq + 1)):
+        items = self.store.history(self.head, since, missing)
+        if [it.seq for it in items] != list(range(since + 1, self.seq + 1)):
             return None
         loc = None
         if _location(items[0]) is None and since > 0:
             loc = self._location_at(since)
         fired = {m for it in items for m in it.milestones}
         reached = {
-            Milestone.APPROACHING: s.prox.approached and Milestone.APPROACHING not in fired,
-            Milestone.ARRIVED: s.prox.arrived and Milestone.ARRIVED not in fired,
+            Milestone.APPROACHING: self.approached and Milestone.APPROACHING not in fired,
+            Milestone.ARRIVED: self.arrived and Milestone.ARRIVED not in fired,
         }
         out: list[Event] = []
         for it in items:
@@ -74,7 +76,7 @@ class Replay:
                 Milestone.APPROACHING if reached[Milestone.APPROACHING] else None
             )
             view = self._view(it, loc, shown)
-            tid, at = s.tracking_id, float(it.at)
+            tid, at = self.s.tracking_id, float(it.at)
             out.append(Event(tid, EventKind.LOCATION, it.seq, location_update(view), at))
             if it.previous_status is not None:
                 frame = status_change(view, it.previous_status)
@@ -88,7 +90,7 @@ class Replay:
         upto = seq
         while upto > 0:
             low = max(0, upto - LOOK_BACK)
-            for it in reversed(self.store.history(self.s.head, low, upto - low)):
+            for it in reversed(self.store.history(self.head, low, upto - low)):
                 loc = _location(it)
                 if loc is not None:
                     return loc

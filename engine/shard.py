@@ -88,6 +88,9 @@ class _Batch:
     changes: list[Entry] = field(default_factory=list)
     outbox: list[OutboxItem] = field(default_factory=list)
     events: list[tuple[str, EventKind, int, bytes]] = field(default_factory=list)
+    # Watches resuming after a seq: answered once the batch is journaled, since the replay
+    # reads the journal and may need changes this batch made before the watch.
+    resumes: list[tuple[Watched, Replay, int]] = field(default_factory=list)
 
 
 def _started(s: Session) -> float:
@@ -183,9 +186,23 @@ class Shard:
                 # Every answer of the batch may have seen the unjournaled state: refuse them all.
                 failed = Unavailable("the journal could not be written; retry")
                 return [Err(failed.code, failed.detail) for _ in commands]
+        if batch.resumes:
+            self._resume(batch, results)
         for tid, kind, seq, frame in batch.events:
             self._publish(tid, kind, seq, frame, now)
         return results
+
+    def _resume(self, batch: _Batch, results: list[Result]) -> None:
+        done: dict[int, Watched] = {}
+        for placeholder, replay, since in batch.resumes:
+            missed = replay.events(since, self.cfg.resume_max)
+            if missed is None:
+                done[id(placeholder)] = Watched(placeholder.seq, placeholder.view, recovered=False)
+            else:
+                done[id(placeholder)] = Watched(placeholder.seq, placeholder.view, missed, True)
+        for i, r in enumerate(results):
+            if isinstance(r, Ok) and isinstance(r.value, Watched) and id(r.value) in done:
+                results[i] = Ok(done[id(r.value)])
 
     def _apply(self, cmd: AnyCommand, now: float, batch: _Batch) -> Reply:
         match cmd:
@@ -205,13 +222,10 @@ class Shard:
                 s = self._live(tid, now)
                 self.watchers.setdefault(tid, set()).add(gw)
                 self._gateway(gw, now)
-                view = encode_view(s.view())
-                if since is None:
-                    return Watched(s.seq, view)
-                missed = Replay(s, self.store, self.lt).events(since, self.cfg.resume_max)
-                if missed is None:
-                    return Watched(s.seq, view, recovered=False)
-                return Watched(s.seq, view, missed, True)
+                watched = Watched(s.seq, encode_view(s.view()))
+                if since is not None:
+                    batch.resumes.append((watched, Replay(s, self.store, self.lt), since))
+                return watched
             case Unwatch(tracking_id=tid, gateway=gw):
                 self._unwatch(tid, gw)
                 return None

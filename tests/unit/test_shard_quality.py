@@ -226,3 +226,24 @@ def test_presence_is_summed_over_gateways(h: Harness, n: int) -> None:
     h.shard.sweep()
     assert ok(h.one(Get(tid, True)))["watchers"] == 0
     assert h.stats().presence == (0, 0, 0)
+
+
+def test_a_resume_in_the_batch_that_made_the_changes_replays_them(hs: Harness) -> None:
+    # The replay reads the journal: it is answered once the batch is journaled, and ends at
+    # the seq the watch saw; later changes of the batch reach the gateway as events (which
+    # also carry the earlier ones: its watchers skip what their initial_state covered).
+    tid = hs.start()
+    hs.watch(tid, "gw-live")
+    t = hs.clock()
+    results = hs.shard.handle([
+        Update(tid, *away(900), None, "RIDER-1", t - 30),
+        Update(tid, *away(800), None, "RIDER-1", t - 20),
+        Watch(tid, "gw-2", 1),
+        Update(tid, *away(700), None, "RIDER-1", t - 10),
+    ])  # fmt: skip
+    w = ok(results[2])
+    assert isinstance(w, Watched)
+    assert (w.seq, w.recovered) == (3, True)
+    assert [(e.kind, e.seq) for e in w.missed] == [(EventKind.LOCATION, 2), (EventKind.LOCATION, 3)]
+    _, events = hs.shard.take("gw-2", 0, 1)
+    assert [e.seq for e in events if e.seq > w.seq] == [4]
