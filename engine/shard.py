@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from typing import assert_never
 
 from engine.domain.errors import Conflict, NotFound, TrackingError, Unavailable
-from engine.domain.fixes import Fix, Reason
+from engine.domain.fixes import Reason
 from engine.domain.integrations import OutboxItem, owed_calls
-from engine.domain.proximity import Milestone
+from engine.domain.proximity import NO_MILESTONES, Milestone
 from engine.domain.routing import new_tracking_id
 from engine.domain.session import LATE, Change, Lifetimes, Rules, Session
 from engine.domain.stats import session_counts
@@ -242,8 +242,11 @@ class Shard:
     def _update(self, cmd: Update, now: float, batch: _Batch) -> bytes:
         s = self._live(cmd.tracking_id, now)
         s.authorize_update(cmd.rider_id)
-        fix = Fix(cmd.lat, cmd.lng, cmd.recorded_at, cmd.accuracy_m)
-        out = s.report(fix, cmd.status, now, self.lt, self.cfg.rules)
+        if cmd.recorded_at is None and cmd.accuracy_m is None:  # a plain update: the hot path
+            ch = s.apply_update(cmd.lat, cmd.lng, cmd.status, now, self.lt)
+            return self._accept(s, ch, NO_MILESTONES, batch)
+        out = s.report(cmd.lat, cmd.lng, cmd.status, now, self.lt, self.cfg.rules,
+                       cmd.recorded_at, cmd.accuracy_m)  # fmt: skip
         if out.filtered is not None:
             self._count_filtered(out.filtered)
         if out.change is None:
@@ -264,8 +267,8 @@ class Shard:
         results: list[FixResult] = []
         encoded: bytes | None = None
         for f in cmd.fixes:
-            fix = Fix(f.lat, f.lng, f.recorded_at, f.accuracy_m)
-            out = s.report(fix, f.status, now, self.lt, self.cfg.rules)
+            out = s.report(f.lat, f.lng, f.status, now, self.lt, self.cfg.rules,
+                           f.recorded_at, f.accuracy_m)  # fmt: skip
             if out.filtered is not None:
                 self._count_filtered(out.filtered)
             ch = out.change
@@ -291,13 +294,16 @@ class Shard:
                 )
             for m in fired:
                 batch.events.append((tid, EventKind.MILESTONE, ch.seq, milestone(encoded, m)))
-        if ch.flags & LATE:
-            self.late_fixes += 1
-        for m in fired:
-            self.milestones[m.value] = self.milestones.get(m.value, 0) + 1
-        if ch.previous_status is not None and ch.status is Status.DELIVERED:
-            heapq.heappush(self._timers, (s.expires_at(self.lt), _Timer.EXPIRE, tid))
-        if ch.previous_status is not None or fired:
+        if ch.flags:
+            if ch.flags & LATE:
+                self.late_fixes += 1
+            for m in fired:
+                self.milestones[m.value] = self.milestones.get(m.value, 0) + 1
+        if ch.previous_status is not None:
+            if ch.status is Status.DELIVERED:
+                heapq.heappush(self._timers, (s.expires_at(self.lt), _Timer.EXPIRE, tid))
+            batch.outbox.extend(self._owed(s, ch))
+        elif fired:
             batch.outbox.extend(self._owed(s, ch))
         return encoded
 

@@ -70,8 +70,10 @@ OPEN = FixRules(math.inf, math.inf, math.inf, math.inf)
 """No bounds: only invalid fixes, (0, 0) and duplicates are dropped."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Fix:
+    """A position a phone reported (treated as immutable; not frozen: one is made per fix)."""
+
     lat: float
     lng: float
     recorded_at: float | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from engine.domain.errors import Expired, Forbidden
 from engine.domain.eta import eta_from_km, eta_seconds
@@ -53,11 +54,12 @@ def milestones_of(flags: int) -> tuple[Milestone, ...]:
     return tuple(m for m, bit in _MILESTONE_FLAGS.items() if flags & bit)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Change:
     """One accepted change of a session, as journaled and replayed in history. `lat`/`lng` are
     None for a status change whose fix was dropped; `fix_at` is the fix's device time (None: the
-    fix's time is `at`)."""
+    fix's time is `at`). Treated as immutable; not declared frozen because one is made per
+    update, and a frozen dataclass's __init__ costs a __setattr__ call per field."""
 
     tracking_id: str
     seq: int
@@ -74,10 +76,9 @@ class Change:
         return milestones_of(self.flags)
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(NamedTuple):
     """What a report did: the change accepted (None: nothing), why its fix was dropped, and the
-    milestones it fired (in order)."""
+    milestones it fired (in order). (A tuple: one is made per update.)"""
 
     change: Change | None
     filtered: Reason | None = None
@@ -173,31 +174,48 @@ class Session:
     ) -> Change:
         """Accept a location (and maybe a status step) as it comes, judging nothing; raise
         Conflict and change nothing if the step is not allowed."""
-        change = self.report(Fix(lat, lng), requested, now, lt, None).change
-        assert change is not None  # an unjudged fix is always taken
-        return change
+        new_status = check_transition(self.status, requested)
+        previous = self.status
+        self.status = new_status
+        self.lat = lat
+        self.lng = lng
+        self.loc_ts = now
+        self.updated_at = now
+        self.seq += 1
+        if new_status is Status.DELIVERED and self.delivered_at is None:
+            self.delivered_at = now
+        self.eta = eta_seconds(
+            lat, lng, self.dropoff_lat, self.dropoff_lng, new_status, lt.speed_kmh
+        )
+        return Change(
+            self.tracking_id, self.seq, new_status,
+            previous if previous is not new_status else None, lat, lng, now,
+        )
 
     def report(
-        self, fix: Fix, requested: Status | None, now: float, lt: Lifetimes, rules: Rules | None
+        self, lat: float, lng: float, requested: Status | None, now: float, lt: Lifetimes,
+        rules: Rules | None, recorded_at: float | None = None, accuracy_m: float | None = None,
     ) -> Outcome:
         """A rider's report: its status step (Conflict, and nothing changes, if not allowed),
         then its fix, judged by `rules` (None: taken as it comes, no milestones). Only a fix that
         carries `recorded_at` or `accuracy_m` (a phone that knows these rules) is judged and
         counts towards milestones: a plain API.md update behaves exactly as the contract says."""
+        if rules is None or (recorded_at is None and accuracy_m is None):
+            return Outcome(self.apply_update(lat, lng, requested, now, lt))
         new_status = check_transition(self.status, requested)
+        return self._judged(Fix(lat, lng, recorded_at, accuracy_m), new_status, now, lt, rules)
+
+    def _judged(
+        self, fix: Fix, new_status: Status, now: float, lt: Lifetimes, rules: Rules
+    ) -> Outcome:
         previous = self.status
         moved = new_status is not previous
-        reason: Reason | None = None
-        late = False
-        if rules is not None and fix.recorded_at is None and fix.accuracy_m is None:
-            rules = None
-        if rules is not None:
-            verdict = judge(fix, now, self.fixes, rules.fixes)
-            reason, late = verdict.reason, verdict.late
-            if fix.recorded_at is not None and reason is not Reason.INVALID:
-                if self.fixes is None:
-                    self.fixes = Memory()
-                self.fixes.take(fix, verdict)
+        verdict = judge(fix, now, self.fixes, rules.fixes)
+        reason, late = verdict.reason, verdict.late
+        if fix.recorded_at is not None and reason is not Reason.INVALID:
+            if self.fixes is None:
+                self.fixes = Memory()
+            self.fixes.take(fix, verdict)
         if reason is not None and not moved:
             return Outcome(None, reason)
         self.status = new_status
@@ -212,9 +230,8 @@ class Session:
             self.loc_ts = now if fix.recorded_at is None else fix.recorded_at
             km = haversine_km(fix.lat, fix.lng, self.dropoff_lat, self.dropoff_lng)
             self.eta = eta_from_km(km, new_status, lt.speed_kmh)
-            if rules is not None and (new_status is Status.PICKED_UP
-                                      or new_status is Status.IN_TRANSIT
-                                      or (moved and new_status is Status.DELIVERED)):
+            if (new_status is Status.PICKED_UP or new_status is Status.IN_TRANSIT
+                    or (moved and new_status is Status.DELIVERED)):
                 # The travel ETA (the view's is 0 once DELIVERED)
                 travel = eta_from_km(km, Status.IN_TRANSIT, lt.speed_kmh)
                 self.prox, fired = step(
@@ -251,7 +268,8 @@ class Session:
         return View(
             self.tracking_id, self.order_id, self.rider_id, self.status, loc,
             Point(self.dropoff_lat, self.dropoff_lng), self.eta, int(self.updated_at), self.seq,
-            int(self.started_at), self.watchers if presence else None, self.prox.milestone,
+            int(self.started_at), self.watchers if presence else None,
+            None if self.prox is START else self.prox.milestone,
         )
 
     # -- persistence ------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from engine.domain.session import (
     LATE,
     Change,
     Lifetimes,
+    Outcome,
     Rules,
     Session,
 )
@@ -25,6 +26,9 @@ from engine.domain.status import Status
 from engine.domain.view import Location
 
 LT = Lifetimes(session_ttl_s=10_000.0, delivered_ttl_s=100.0, purge_after_s=50.0, speed_kmh=30.0)
+def report(s: Session, fix: Fix, status: Status | None, now: float, rules: Rules) -> Outcome:
+    return s.report(fix.lat, fix.lng, status, now, LT, rules, fix.recorded_at, fix.accuracy_m)
+
 DROP = (5.6037, -0.1869)
 RULES = Rules()
 M_PER_DEG = 111_195.0
@@ -42,9 +46,9 @@ def new(clock: ManualClock, phone: str | None = "+233 20 555 0101") -> Session:
 def test_a_dropped_fix_changes_nothing_and_says_why() -> None:
     clock = ManualClock()
     s = new(clock)
-    s.report(away(2000, clock() - 5), None, clock(), LT, RULES)
+    report(s, away(2000, clock() - 5), None, clock(), RULES)
     before = s.view()
-    out = s.report(Fix(0.0, 0.0, accuracy_m=5.0), None, clock(), LT, RULES)
+    out = report(s, Fix(0.0, 0.0, accuracy_m=5.0), None, clock(), RULES)
     assert out.change is None
     assert out.filtered is Reason.NULL_ISLAND
     assert s.view() == before
@@ -53,10 +57,10 @@ def test_a_dropped_fix_changes_nothing_and_says_why() -> None:
 def test_a_status_carried_by_a_dropped_fix_still_applies() -> None:
     clock = ManualClock()
     s = new(clock)
-    s.report(away(2000), None, clock(), LT, RULES)
+    report(s, away(2000), None, clock(), RULES)
     loc = s.view().current_location
     clock.advance(10)
-    out = s.report(Fix(0.0, 0.0, accuracy_m=5.0), PICKED, clock(), LT, RULES)
+    out = report(s, Fix(0.0, 0.0, accuracy_m=5.0), PICKED, clock(), RULES)
     assert out.filtered is Reason.NULL_ISLAND
     assert out.change == Change("TRK-q", 3, PICKED, Status.ASSIGNED, None, None, clock())
     v = s.view()
@@ -67,7 +71,7 @@ def test_a_refused_status_step_refuses_the_fix_too() -> None:
     clock = ManualClock()
     s = new(clock)
     with pytest.raises(Conflict):
-        s.report(away(100, clock()), TRANSIT, clock(), LT, RULES)
+        report(s, away(100, clock()), TRANSIT, clock(), RULES)
     assert s.seq == 1
     assert s.fixes is None
 
@@ -76,9 +80,9 @@ def test_device_time_is_the_locations_timestamp_and_late_fixes_stay_out_of_it() 
     clock = ManualClock()
     s = new(clock)
     t = clock()
-    s.report(away(2000, t - 30), None, t, LT, RULES)
-    s.report(away(1900, t - 10), None, t, LT, RULES)
-    out = s.report(away(1950, t - 20), None, t, LT, RULES)  # from the offline buffer
+    report(s, away(2000, t - 30), None, t, RULES)
+    report(s, away(1900, t - 10), None, t, RULES)
+    out = report(s, away(1950, t - 20), None, t, RULES)  # from the offline buffer
     assert out.change is not None
     assert out.change.flags == LATE
     assert out.filtered is None
@@ -93,8 +97,8 @@ def test_fixes_of_one_batch_are_judged_by_their_own_times() -> None:
     clock = ManualClock()
     s = new(clock)
     now = clock()
-    a = s.report(away(3000, now - 25), None, now, LT, RULES)
-    b = s.report(away(2400, now - 5), None, now, LT, RULES)
+    a = report(s, away(3000, now - 25), None, now, RULES)
+    b = report(s, away(2400, now - 5), None, now, RULES)
     assert a.filtered is None
     assert b.filtered is None
 
@@ -102,7 +106,7 @@ def test_fixes_of_one_batch_are_judged_by_their_own_times() -> None:
 def ride(s: Session, clock: ManualClock, metres: float, status: Status | None = None) -> Any:
     """A fix with the phone's time, 10 s after the last."""
     clock.advance(10)
-    return s.report(away(metres, clock()), status, clock(), LT, RULES)
+    return report(s, away(metres, clock()), status, clock(), RULES)
 
 
 def test_milestones_fire_once_with_flags_and_owe_one_notification() -> None:
@@ -157,7 +161,7 @@ def test_no_milestones_before_pickup_nor_for_plain_updates() -> None:
         assert ride(s, clock, 5).milestones == ()  # ASSIGNED: riding to the merchant
     for status in (PICKED, None, TRANSIT, None):
         # A plain API.md update (no recorded_at, no accuracy_m): nothing new happens.
-        assert s.report(Fix(*DROP), status, clock(), LT, RULES).milestones == ()
+        assert report(s, Fix(*DROP), status, clock(), RULES).milestones == ()
     assert s.view().proximity is None
 
 

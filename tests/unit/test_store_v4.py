@@ -6,7 +6,6 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from engine.domain.fixes import Fix
 from engine.domain.session import LATE, Rules
 from engine.domain.status import Status
 from engine.store.sqlite import SCHEMA_VERSION, SqliteOutbox, SqliteStore, shard_db_path
@@ -55,8 +54,8 @@ def test_a_version_3_file_is_migrated_and_extended(tmp_path: Path) -> None:
         assert store.history(loaded.head, 0, 10) == [history_item(c) for c in changes]
         # New rows: a device-time fix, then a late one; the current location is the first.
         now = T0 + 100
-        first = loaded.report(Fix(5.70, -0.19, now - 20), None, now, LT, Rules()).change
-        late = loaded.report(Fix(5.7001, -0.19, now - 30), None, now, LT, Rules()).change
+        first = loaded.report(5.70, -0.19, None, now, LT, Rules(), now - 20).change
+        late = loaded.report(5.7001, -0.19, None, now, LT, Rules(), now - 30).change
         assert first is not None
         assert late is not None
         assert late.flags == LATE
