@@ -444,7 +444,7 @@ class OpsSnapshot(ServerMessage, frozen=True, tag="ops_snapshot"):
     data: OpsSnapshotData
 
 
-class LocationReport(msgspec.Struct, frozen=True):
+class LocationReport(msgspec.Struct, frozen=True, omit_defaults=True):
     lat: Latitude
     lng: Longitude
     status: Status | None = None
