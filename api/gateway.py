@@ -36,6 +36,7 @@ from engine.protocol import (
     Watched,
     initial_state,
     location_update,
+    view_of_location_update,
 )
 
 log = logging.getLogger(__name__)
@@ -177,6 +178,9 @@ class Gateway:
         self.id = "gw-" + uuid.uuid4().hex[:12]
         self.queue_max = queue_max
         self.subs: dict[str, set[Watcher]] = {}
+        # The newest view of each session watched here, as (seq, view JSON): new sockets on a
+        # session already watched start from it (see attach).
+        self.views: dict[str, Watched] = {}
         self.extra_connections = 0  # sockets that watch no session (ops feed)
         self._watchers = 0  # sockets in `subs`, kept as they come and go
         self._resyncing: dict[int, bool] = {}  # shard -> whether to run again when done
@@ -213,18 +217,36 @@ class Gateway:
         milestones: bool = False,
     ) -> Watcher:
         """Watch a session from a new socket (resuming after `since_seq`, if given; with
-        milestone messages if asked); raises the engine's error when it cannot."""
+        milestone messages if asked); raises the engine's error when it cannot.
+
+        The first socket on a session asks its shard to watch it for this process; the others
+        start from the view this process holds: every accepted change of a watched session
+        reaches it as a location_update, in order, so that view is as current as anything the
+        sockets will be sent (measured: the shard call was a fifth of a connection's cost).
+        A resuming socket always asks the shard: only it can replay what the socket missed."""
         w = Watcher(tracking_id, sink, self.queue_max, milestones)
+        known = self.views.get(tracking_id)
         self.subs.setdefault(tracking_id, set()).add(w)
         self._watchers += 1
         self._changed(tracking_id)
+        if known is not None and since_seq is None:
+            w.start(known)
+            return w
         try:
             watched = await self.engine.watch(tracking_id, self.id, since_seq)
         except BaseException:
             await self.detach(w)
             raise
+        self._hold_view(tracking_id, Watched(watched.seq, watched.view))  # not the replay
         w.start(watched)
         return w
+
+    def _hold_view(self, tracking_id: str, watched: Watched) -> None:
+        if tracking_id not in self.subs:
+            return  # nobody watches it here any more
+        known = self.views.get(tracking_id)
+        if known is None or watched.seq > known.seq:
+            self.views[tracking_id] = watched
 
     async def detach(self, w: Watcher) -> None:
         w.closed = True
@@ -237,6 +259,7 @@ class Gateway:
         self._changed(w.tracking_id)
         if not subs:
             del self.subs[w.tracking_id]
+            self.views.pop(w.tracking_id, None)
             with contextlib.suppress(TrackingError):
                 await self.engine.unwatch(w.tracking_id, self.id)
 
@@ -277,7 +300,13 @@ class Gateway:
             frame = prepare_text(event.frame)  # once per process, whatever the watchers
             kind = _OUT[event.kind]
             seq = event.seq
-            if kind is Out.MILESTONE:
+            if kind is Out.LOCATION:
+                self.views[event.tracking_id] = Watched(
+                    seq, view_of_location_update(event.frame)
+                )
+            elif kind is Out.EXPIRED:
+                self.views.pop(event.tracking_id, None)  # new sockets hear it from the shard
+            elif kind is Out.MILESTONE:
                 for w in watchers:
                     if w.milestones:
                         w.offer(kind, seq, frame)
@@ -311,6 +340,7 @@ class Gateway:
         mine = [t for t in self.subs if self.engine.shard_for(t) == shard]
         self._presence[shard].update(mine)  # a restarted shard lost the counts too
         for tid in mine:
+            self.views.pop(tid, None)  # not known to be current until the shard says
             try:
                 watched = await self.engine.watch(tid, self.id)
             except Expired:
@@ -320,6 +350,7 @@ class Gateway:
             except TrackingError as e:
                 log.info("resync of %s: %s", tid, e.detail)
                 continue
+            self._hold_view(tid, watched)
             frame = prepare_text(location_update(watched.view))
             for w in list(self.subs.get(tid, ())):
                 w.offer(Out.LOCATION, watched.seq, frame)

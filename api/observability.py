@@ -8,6 +8,8 @@ once, by whichever process answers.
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import logging
 import os
 import re
@@ -56,6 +58,53 @@ HTTP_LATENCY = Histogram(
     "tracking_http_request_seconds", "HTTP request duration", ["route"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
+
+
+GC_PAUSE = Histogram(
+    "tracking_gc_pause_seconds", "Pauses of this API process's cyclic garbage collector",
+    ["generation"], buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+)
+LOOP_LAG = Histogram(
+    "tracking_event_loop_lag_seconds",
+    "How late this API process's event loop ran a timer (every 100 ms): a stall shows here",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+STALL_LOG_S = 0.1
+_gc_started: list[float] = []
+stall_log = logging.getLogger("tracking.stall")
+
+
+def _on_gc(phase: str, info: dict[str, int]) -> None:
+    if phase == "start":
+        _gc_started[:] = [time.perf_counter()]
+    elif _gc_started:
+        pause = time.perf_counter() - _gc_started[0]
+        GC_PAUSE.labels(str(info.get("generation", -1))).observe(pause)
+        if pause > STALL_LOG_S:
+            stall_log.warning("garbage collection paused the process", extra={"fields": {
+                "generation": info.get("generation"), "pause_ms": round(pause * 1000, 1),
+                "collected": info.get("collected"),
+            }})
+
+
+def watch_gc() -> None:
+    """Time every collection of the cyclic garbage collector (once per process)."""
+    if _on_gc not in gc.callbacks:
+        gc.callbacks.append(_on_gc)
+
+
+async def watch_loop_lag(interval_s: float = 0.1) -> None:
+    """Measure how late the event loop runs a timer, forever; log stalls past STALL_LOG_S."""
+    loop = asyncio.get_running_loop()
+    while True:
+        t0 = loop.time()
+        await asyncio.sleep(interval_s)
+        lag = max(0.0, loop.time() - t0 - interval_s)
+        LOOP_LAG.observe(lag)
+        if lag > STALL_LOG_S:
+            stall_log.warning("the event loop stalled", extra={"fields": {
+                "lag_ms": round(lag * 1000, 1),
+            }})
 
 
 def observe_batch(shard: int, size: int, seconds: float) -> None:
@@ -189,6 +238,10 @@ def configure_logging(level: str, fmt: str) -> None:
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+    # One line per WebSocket handshake only when debugging (api/wsproto.py), as access logs.
+    logging.getLogger("tracking.ws.connections").setLevel(
+        logging.DEBUG if level.lower() in ("debug", "trace") else logging.WARNING
+    )
 
 
 request_log = logging.getLogger("tracking.request")

@@ -18,9 +18,11 @@ buffer passes its high-water mark (`pause_writing`) until it drains below the lo
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import struct
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.http11 import Request
@@ -64,11 +66,20 @@ class FrameSink(Protocol):
         """Start the closing handshake now; the app's receive() then ends."""
 
 
+# uvicorn logs every WebSocket handshake at INFO (thousands a second in a connection storm);
+# they go to this logger, shown at `--log-level debug` only, like an access log.
+CONNECTION_LOG = "tracking.ws.connections"
+
+
 class TrackingWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's websockets-sansio protocol that is also a `FrameSink` (see the module doc)."""
 
     _paused = False
     _drained: Callable[[], None] | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.logger = logging.getLogger(CONNECTION_LOG)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -92,6 +103,29 @@ class TrackingWebSocketProtocol(WebSocketsSansIOProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
         self._notify()  # a watcher waiting for a drain learns the socket is gone
+        self._done_with_transport = True
+        self._release()
+
+    def on_task_complete(self, task: asyncio.Task[None]) -> None:
+        super().on_task_complete(task)
+        self._done_with_app = True
+        self._release()
+
+    _done_with_transport = False
+    _done_with_app = False
+
+    def _release(self) -> None:
+        # Once the peer is gone and the app is done, break the reference cycles a connection
+        # leaves (this protocol <-> its transport, the websockets parser's generator <-> its
+        # connection), so reference counting frees it at once: with 10,000 sockets open, every
+        # object left to the cyclic collector makes its full passes longer (api/gcpolicy.py).
+        if not (self._done_with_transport and self._done_with_app):
+            return
+        with contextlib.suppress(Exception):
+            self.conn.parser.close()
+        for name in ("conn", "scope", "queue", "request", "response"):
+            self.__dict__.pop(name, None)
+        self._released = True
 
     def _notify(self) -> None:
         callback, self._drained = self._drained, None
@@ -99,11 +133,13 @@ class TrackingWebSocketProtocol(WebSocketsSansIOProtocol):
             callback()
 
     # -- FrameSink --------------------------------------------------------------------------------
+    _released = False
+
     @property
     def open(self) -> bool:
         return (
             self.handshake_complete and not self.close_sent and not self.disconnected
-            and not self.transport.is_closing()
+            and not self._released and not self.transport.is_closing()
         )
 
     @property

@@ -510,6 +510,11 @@ def location_update(view: bytes) -> bytes:
     return _LOCATION_UPDATE + view + b"}"
 
 
+def view_of_location_update(message: bytes) -> bytes:
+    """The view's JSON inside a message built by `location_update`."""
+    return message[len(_LOCATION_UPDATE) : -1]
+
+
 def status_change(view: bytes, previous: Status) -> bytes:
     """The `status_change` message: the view's JSON with `previous_status` added."""
     return b'%b%b,"previous_status":"%b"}}' % (_STATUS_CHANGE, view[:-1], previous.value.encode())

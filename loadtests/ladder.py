@@ -5,7 +5,8 @@
 Each step is its own headless locust run (`--csv`, `--html`, stats reset once all users
 are spawned) with N riders, M watchers and one ops user. The summary (Markdown table and
 JSON) gives per step the updates/s, pushes/s, p50/p99 of the location update over HTTP
-and of the push to watchers, failures, and the highest step held under `--max-p99-ms`.
+and of the push to watchers, failures, and the highest step held under `--max-p99-ms`;
+capacity.svg draws it (see loadtests/chart.py).
 Without `--host` it starts its own `tracking serve` (embedded Ray) and stops it after.
 """
 
@@ -26,6 +27,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from loadtests.chart import render_svg
 from loadtests.report import (
     StepResult,
     StepSpec,
@@ -173,15 +175,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", default="", help="output directory (default out/ladder-<time>)")
     args = p.parse_args(argv)
     started = time.monotonic()
+    started_at = time.strftime("%Y-%m-%d %H:%M")
     out = Path(args.out or f"out/ladder-{time.strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True, exist_ok=True)
     results = run_ladder(args, out, started)
     command = shlex.join(["python", "-m", "loadtests.ladder", *(argv or sys.argv[1:])])
     table = render_table(results, args.max_p99_ms)
-    (out / "summary.md").write_text(f"`{command}`\n\n{table}\n")
-    payload = {"command": command, "cpus": os.cpu_count(), **to_json(results, args.max_p99_ms)}
+    params = {"step_s": args.step_s, "spawn_s": args.spawn_s, "workers": args.workers,
+              "host": args.host, "started_at": started_at}
+    payload = {"command": command, "cpus": os.cpu_count(), "params": params,
+               **to_json(results, args.max_p99_ms)}
     (out / "summary.json").write_text(json.dumps(payload, indent=2) + "\n")
-    print(f"\n{table}\n\nladder: wrote {out / 'summary.md'} and {out / 'summary.json'}")
+    # Drawn from the very document summary.json holds, so the picture and the figures agree.
+    (out / "capacity.svg").write_text(render_svg(payload))
+    (out / "summary.md").write_text(
+        f"`{command}`\n\n![capacity ladder: updates/s and push p99 per step](capacity.svg)\n\n"
+        f"{table}\n")
+    print(f"\n{table}\n\nladder: wrote {out / 'summary.md'}, {out / 'summary.json'} and "
+          f"{out / 'capacity.svg'}")
     return 0
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from loadtests.push import PUSH
@@ -226,3 +226,14 @@ def to_json(results: Sequence[StepResult], max_p99_ms: float) -> dict[str, Any]:
         ],
         "highest_held": None if best is None else {**asdict(best), "label": best.spec.label()},
     }
+
+
+def steps_from_json(payload: Mapping[str, Any]) -> list[StepResult]:
+    """The steps of a `to_json` document (a ladder's summary.json), read back; fields an older
+    summary lacks take their defaults."""
+    known = {f.name for f in fields(StepResult)} - {"spec"}
+    return [
+        StepResult(spec=StepSpec(**step["spec"]),
+                   **{k: v for k, v in step.items() if k in known})
+        for step in payload.get("steps", [])
+    ]

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import os
 import secrets
 import socket
 import socketserver
@@ -57,11 +58,13 @@ CONNECT_TIMEOUT_S = 10.0
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    """Where a shard listens, and the token it expects."""
+    """Where a shard listens, and the token it expects: TCP on its node's address, and a Unix
+    socket for callers on the same node (no TCP stack per frame)."""
 
     host: str
     port: int
     token: str
+    path: str | None = None
 
 
 # -- the shard's side (threads, in the actor process) --------------------------------------------
@@ -95,7 +98,8 @@ class _Handler(socketserver.BaseRequestHandler):
 
     def handle(self) -> None:
         sock: socket.socket = self.request
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if sock.family != socket.AF_UNIX:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         host = self.server.host
         try:
             hello = unpack_hello(_recv_frame(sock))
@@ -126,24 +130,49 @@ class _Server(socketserver.ThreadingTCPServer):
         super().__init__((bind, 0), _Handler)
 
 
-class ChannelServer:
-    """Serves a ShardHost on a TCP port of `bind` (the node's address), on threads."""
+class _UnixServer(socketserver.ThreadingUnixStreamServer):
+    daemon_threads = True
 
-    def __init__(self, host: ShardHost, bind: str) -> None:
+    def __init__(self, path: str, host: ShardHost, token: str) -> None:
+        self.host = host
+        self.token = token
+        super().__init__(path, _Handler)
+
+
+class ChannelServer:
+    """Serves a ShardHost on a TCP port of `bind` (the node's address) and on a Unix socket
+    in `unix_dir` (private to this user), on threads."""
+
+    def __init__(self, host: ShardHost, bind: str, unix_dir: str | None = None) -> None:
         self.token = secrets.token_urlsafe(24)
-        self._server = _Server(bind, host, self.token)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="shard-channel", daemon=True
-        )
-        self._thread.start()
+        self._servers: list[socketserver.BaseServer] = [_Server(bind, host, self.token)]
+        self._path: str | None = None
+        if unix_dir is not None:
+            os.makedirs(unix_dir, mode=0o700, exist_ok=True)
+            path = os.path.join(unix_dir, f"shard-{host.shard.cfg.index}-{os.getpid()}.sock")
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            self._servers.append(_UnixServer(path, host, self.token))
+            os.chmod(path, 0o600)
+            self._path = path
+        for server in self._servers:
+            threading.Thread(
+                target=server.serve_forever, name="shard-channel", daemon=True
+            ).start()
 
     def endpoint(self, advertise: str) -> Endpoint:
-        port: int = self._server.server_address[1]
-        return Endpoint(advertise, port, self.token)
+        tcp = self._servers[0]
+        assert isinstance(tcp, _Server)
+        port: int = tcp.server_address[1]
+        return Endpoint(advertise, port, self.token, self._path)
 
     def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        for server in self._servers:
+            server.shutdown()
+            server.server_close()
+        if self._path is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self._path)
 
 
 # -- the API process's side (asyncio) -------------------------------------------------------------
@@ -159,18 +188,22 @@ class _Connection:
         self.writer = writer
 
     @classmethod
-    async def open(cls, endpoint: Endpoint) -> tuple[_Connection, Welcome]:
+    async def open(cls, endpoint: Endpoint, local: bool) -> tuple[_Connection, Welcome]:
         async with asyncio.timeout(CONNECT_TIMEOUT_S):
-            reader, writer = await asyncio.open_connection(endpoint.host, endpoint.port)
-            sock = writer.get_extra_info("socket")
-            if sock is not None:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if local and endpoint.path is not None:
+                reader, writer = await asyncio.open_unix_connection(endpoint.path)
+            else:
+                reader, writer = await asyncio.open_connection(endpoint.host, endpoint.port)
+                sock = writer.get_extra_info("socket")
+                if sock is not None:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             conn = cls(reader, writer)
             welcome = unpack_welcome(await conn.request(pack(Hello(endpoint.token))))
         return conn, welcome
 
     async def request(self, payload: bytes) -> bytes:
-        self.writer.writelines((_LENGTH.pack(len(payload)), payload))
+        # One write, one send: a frame is small, and each write of a stream is a syscall.
+        self.writer.write(_LENGTH.pack(len(payload)) + payload)
         (n,) = _LENGTH.unpack(await self.reader.readexactly(4))
         if n > MAX_FRAME:
             raise ConnectionError(f"frame of {n} bytes")
@@ -184,15 +217,17 @@ class SocketTransport:
     """`engine.client.Transport` over the shards' own sockets; `resolve` finds a shard's
     endpoint (through Ray) when a connection is (re)made."""
 
-    def __init__(self, n_shards: int, resolve: Resolver) -> None:
+    def __init__(self, n_shards: int, resolve: Resolver, node: str | None = None) -> None:
         self.n_shards = n_shards
         self._resolve = resolve
+        self._node = node  # this process's node address: same-node shards use Unix sockets
         self._calls: list[_Connection | None] = [None] * n_shards
         self._polls: list[_Connection | None] = [None] * n_shards
 
     async def _connect(self, shard: int) -> _Connection:
         try:
-            conn, welcome = await _Connection.open(await self._resolve(shard))
+            endpoint = await self._resolve(shard)
+            conn, welcome = await _Connection.open(endpoint, endpoint.host == self._node)
         except (OSError, TimeoutError, asyncio.IncompleteReadError) as e:
             raise Unavailable(f"shard {shard} is restarting; retry shortly ({e})") from e
         if welcome.index != shard:

@@ -66,8 +66,8 @@ class _ShardActor:
         except StoreError as e:
             self.broken = e.detail
             return
-        address: str = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
-        self.channel = ChannelServer(self.host, address)
+        address = _node_address()
+        self.channel = ChannelServer(self.host, address, _socket_dir())
         self._endpoint = self.channel.endpoint(address)
         tune_gc()
 
@@ -124,6 +124,17 @@ class _DispatcherActor:
 
 
 DispatcherActor = ray.remote(_DispatcherActor)
+
+
+def _node_address() -> str:
+    address: str = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
+    return address
+
+
+def _socket_dir() -> str:
+    """Where same-node shards put their Unix sockets: under this Ray session's directory."""
+    context = ray.get_runtime_context()
+    return os.path.join(context.get_temp_dir(), context.get_session_name(), "tracking-shards")
 
 
 # -- the instance ---------------------------------------------------------------------------------
@@ -296,7 +307,7 @@ def transport(settings: Settings, handles: Sequence[Any]) -> SocketTransport:
             raise Unavailable(f"shard {shard} cannot open its store")
         return found
 
-    return SocketTransport(settings.shards, resolve)
+    return SocketTransport(settings.shards, resolve, _node_address())
 
 
 class RayOutbox:

@@ -79,7 +79,8 @@ def test_triangle_inequality(
 @settings(deadline=None)
 @given(points, points)
 def test_agrees_with_an_independent_formula(a: tuple[float, float], b: tuple[float, float]) -> None:
-    assert haversine_km(*a, *b) == pytest.approx(vector_distance_km(a, b), abs=1e-6)
+    # 1 cm: near antipodal points the vector formula loses digits (1.35 mm seen by hypothesis).
+    assert haversine_km(*a, *b) == pytest.approx(vector_distance_km(a, b), abs=1e-5)
 
 
 @settings(deadline=None)
