@@ -1,9 +1,10 @@
-"""The `tracking` command: `serve` and `token`; other commands (`tracking sim`) are found by
-entry point (group `tracking.commands`), so the server knows nothing of its drivers."""
+"""The `tracking` command: `serve`, `token` and `shards`; other commands (`tracking sim`) are
+found by entry point (group `tracking.commands`), so the server knows nothing of its drivers."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -90,6 +91,31 @@ def token(args: argparse.Namespace) -> int:
     return 0
 
 
+def shards(args: argparse.Namespace) -> int:
+    """Where the engine's actors run: one JSON line per shard and the dispatcher."""
+    settings = _settings()
+    if settings.engine != "ray" or not settings.ray_address:
+        print("tracking: `tracking shards` asks a running cluster: set TRACKING_RAY_ADDRESS"
+              " (and TRACKING_RAY_NAMESPACE) as for `tracking serve`", file=sys.stderr)
+        return 2
+    from engine.runtime import ray_cluster
+
+    try:
+        ray_cluster.join(settings)
+    except ClusterUnreachable as e:
+        print(f"tracking: {e}", file=sys.stderr)
+        return 2
+    try:
+        found = ray_cluster.placements(settings, args.timeout)
+    finally:
+        ray_cluster.shutdown()
+    names = [f"shard-{i:03d}" for i in range(settings.shards)] + ["outbox"]
+    for name in names:
+        node, pid = found.get(name, (None, None))
+        print(json.dumps({"actor": name, "node": node, "pid": pid}))
+    return 0 if len(found) == len(names) else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `tracking` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -112,6 +138,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     t.add_argument("--role", required=True, choices=roles)
     t.add_argument("--sub", required=True)
     t.add_argument("--ttl", type=int, default=3600, help="seconds until it expires")
+    w = sub.add_parser("shards", help="where each shard (and the outbox dispatcher) runs, as"
+                       " JSON lines; exit 1 if one does not answer (restarting)")
+    w.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for each")
     for name, ep in sorted(plugins.items()):
         sub.add_parser(name, help=f"see `tracking {name} --help` ({ep.value.split(':')[0]})")
     args = p.parse_args(argv)
@@ -120,6 +149,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ["TRACKING_LOG_LEVEL"] = args.log_level
         os.environ["TRACKING_LOG_FORMAT"] = args.log_format
         return serve(args)
+    if args.command == "shards":
+        return shards(args)
     return token(args)
 
 

@@ -34,8 +34,14 @@ class Settings(BaseSettings):
 
     jwt_secret: str | None = None
     data_dir: Path = Field(default_factory=_default_data_dir)
+    # Unset: the embedded SQLite store, one file per shard in the data dir (one box).
+    # `postgresql://...`: every shard's journal and outbox in that database (several boxes).
+    store_url: str | None = None
     ray_address: str | None = None
     ray_namespace: str = "tracking"
+    # The address of this host's Ray node: only where one host runs several (a driver joins the
+    # head's raylet otherwise); on a host of its own Ray finds its node.
+    ray_node_ip: str | None = None
     engine: Literal["ray", "local"] = "ray"
     shards: int = Field(default_factory=_default_shards, ge=1, le=256)
     avg_speed_kmh: float = Field(default=30.0, gt=0, le=1000)
@@ -63,12 +69,24 @@ class Settings(BaseSettings):
     batch_max_fixes: int = Field(default=100, ge=1, le=10000)
     resume_max_changes: int = Field(default=1000, ge=0, le=100000)
 
-    @field_validator("order_service_url", "notification_service_url", "ray_address", "tile_url")
+    @field_validator(
+        "order_service_url", "notification_service_url", "ray_address", "tile_url", "ray_node_ip"
+    )
     @classmethod
     def _blank_is_unset(cls, v: str | None) -> str | None:
         if v is not None and not v.strip():
             return None
         return v.rstrip("/") if v and v.startswith("http") else v
+
+    @field_validator("store_url")
+    @classmethod
+    def _store_url(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        v = v.strip()
+        if not v.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a postgresql:// URL, or unset for SQLite in the data dir")
+        return v
 
     @property
     def lifetimes(self) -> Lifetimes:

@@ -87,6 +87,9 @@ class ServerProcess:
     # its interpreter and its root, the working directory the server starts in.
     python: str = sys.executable
     cwd: str | None = None
+    # Prepended to the command: `("ip", "netns", "exec", NAME)` serves from a network namespace
+    # (another host of a multi-node test); it must exec the command (same pid).
+    prefix: tuple[str, ...] = ()
     proc: subprocess.Popen[bytes] | None = None
     _tmp: tempfile.TemporaryDirectory[str] | None = None
 
@@ -128,7 +131,7 @@ class ServerProcess:
         if not self.log_path:
             self.log_path = str(Path(self.data_dir) / f"server-{self.port}.log")
         cmd = [
-            self.python, "-m", "api.cli", "serve",
+            *self.prefix, self.python, "-m", "api.cli", "serve",
             "--host", self.host, "--port", str(self.port), "--workers", str(self.workers),
             *self.extra_args,
         ]

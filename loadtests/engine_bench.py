@@ -6,6 +6,10 @@ bounded in count and time, through the same assembly point as `tracking serve`
 
     python -m loadtests.engine_bench --runtime ray --sessions 100000 --out out/engine-bench.json
 
+The journal goes to SQLite files in a temporary data dir, or with `--postgres` to a throwaway
+PostgreSQL server this command starts (Debian's `postgresql` package; fsync on, as in
+production), or with `--store-url postgresql://...` to an existing, empty database.
+
 The latency phase is open-loop: update k is planned at t0 + k / rate and sent then (or at once,
 if the client fell behind), and every latency counts from the planned time, so a stall anywhere
 shows up in the figures instead of delaying the next send (no coordinated omission). Refused or
@@ -24,6 +28,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Coroutine
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -76,11 +81,13 @@ class _Sink:
 
 
 class Bench:
-    def __init__(self, args: argparse.Namespace, data_dir: Path) -> None:
+    def __init__(
+        self, args: argparse.Namespace, data_dir: Path, store_url: str | None = None
+    ) -> None:
         self.args = args
         self.settings = Settings(
             data_dir=data_dir, engine=args.runtime, shards=args.shards, journal=args.journal,
-            ray_namespace=f"bench-{os.getpid()}",
+            ray_namespace=f"bench-{os.getpid()}", store_url=store_url,
         )
         self.deployment = Deployment(self.settings)
         self.pids: list[int] = []
@@ -102,6 +109,7 @@ class Bench:
         c = engine.client
         out: dict[str, Any] = {
             "runtime": a.runtime, "shards": a.shards, "journal": a.journal,
+            "store": "postgres" if self.settings.store_url else "sqlite",
             "cpus": os.cpu_count(),
         }
         await c.ping()
@@ -279,10 +287,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--drain-s", type=float, default=5.0,
                    help="how long to wait for events after the last send")
     p.add_argument("--no-journal", dest="journal", action="store_false")
+    store = p.add_mutually_exclusive_group()
+    store.add_argument("--postgres", action="store_true",
+                       help="journal to a throwaway PostgreSQL server started for the run")
+    store.add_argument("--store-url", help="journal to this (empty) PostgreSQL database")
     p.add_argument("--out", default="out/engine-bench.json")
     args = p.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="engine-bench-") as d:
-        bench = Bench(args, Path(d))
+    with tempfile.TemporaryDirectory(prefix="engine-bench-") as d, ExitStack() as stack:
+        url: str | None = args.store_url
+        if args.postgres:
+            from harness.postgres import PostgresServer
+
+            url = stack.enter_context(PostgresServer()).create_database("bench")
+        bench = Bench(args, Path(d), url)
         try:
             result = _run(bench.run())
         finally:

@@ -1,4 +1,5 @@
-"""Session-wide fixtures: one local Ray instance; real `tracking serve` processes joined to it."""
+"""Session-wide fixtures: one local Ray instance; real `tracking serve` processes joined to it;
+one throwaway PostgreSQL server (started when a test first needs it), a database per test."""
 
 from __future__ import annotations
 
@@ -6,11 +7,14 @@ import os
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
 
 import pytest
 from hypothesis import settings as hypothesis_settings
 
 from harness import ServerProcess
+from harness.postgres import PostgresMissing, PostgresServer
+from tests.stores import StoreBackend
 from tests.support import FACTOR, SERVER_STARTUP_S, timeout
 
 # Hypothesis' per-example deadline is a wall-clock check; tests check behaviour, not time.
@@ -59,6 +63,36 @@ def server(
         yield srv
 
 
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PostgresServer]:
+    """One throwaway PostgreSQL server for the test session (Debian's `postgresql` package,
+    which scripts/test installs). Its own durability is not under test: fsync is off."""
+    try:
+        server = PostgresServer(fsync=False)
+    except PostgresMissing as e:
+        if os.environ.get("CI"):
+            pytest.fail(str(e))  # CI installs it: a missing server must not pass as a skip
+        pytest.skip(str(e))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_url(pg_server: PostgresServer) -> str:
+    """The URL of a new, empty database on the session's server."""
+    return pg_server.create_database("t_" + uuid.uuid4().hex[:12])
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> StoreBackend:
+    """A fresh store of each kind (see tests/stores.py)."""
+    url = request.getfixturevalue("pg_url") if request.param == "postgres" else None
+    return StoreBackend(request.param, tmp_path / "data", url)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
@@ -66,7 +100,15 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Scale the configured per-test limit (pyproject's `timeout`, pytest-timeout) by the same
     factor as every wait inside the tests, so a slow box meets the tests' own deadlines first
-    and their messages. An explicit --timeout, PYTEST_TIMEOUT or timeout marker is kept."""
+    and their messages. An explicit --timeout, PYTEST_TIMEOUT or timeout marker is kept.
+    Tests on the PostgreSQL server are marked `postgres` (`-m "not postgres"` leaves them out)."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        on_postgres = callspec is not None and any(
+            "postgres" in str(v) for v in callspec.params.values()
+        )
+        if on_postgres or {"pg_server", "pg_url"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.postgres)
     if FACTOR == 1 or not config.pluginmanager.hasplugin("timeout"):
         return
     if config.getoption("timeout", None) is not None:

@@ -9,6 +9,13 @@ lean Ray instance (`address="local"`, no dashboard), whatever `ray start` left o
 
 Every Ray call that can wait has a bound: on the way in (a cluster address that does not
 answer) and on the way out (a service told to stop after its raylet died of the same signal).
+
+Placement follows the store. With the shared store (`TRACKING_STORE_URL`, PostgreSQL) shards
+are spread over the nodes alive when they are created, and one whose node died is restarted by
+Ray on a surviving node, where it reloads from the database (the store's claim keeps a shard
+to one writer). With the embedded SQLite store, the shards and the dispatcher are pinned to the
+node of the process that created them, which holds their files: they never start where the
+files are not (and a cluster of several nodes needs the shared store).
 """
 
 from __future__ import annotations
@@ -23,12 +30,14 @@ from typing import Any
 
 import ray
 from ray.exceptions import GetTimeoutError, RayError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from engine.domain.errors import Unavailable
 from engine.host import HostSpec
 from engine.runtime import ClusterUnreachable
 from engine.runtime.channel import Endpoint, SocketTransport
 from engine.settings import Settings
+from engine.store import StoreSpec
 from engine.store.base import StoreError
 
 log = logging.getLogger(__name__)
@@ -43,6 +52,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 # raylet this process starts; a cluster joined by address keeps its own setting.)
 os.environ.setdefault("RAY_worker_niceness", "0")
 
+SCHEDULING_MEMORY = 1 << 20  # bytes: see `_placement`
 READY_TIMEOUT_S = 120.0  # a shard's first start (store load) may take this long
 TEARDOWN_TIMEOUT_S = 5.0
 
@@ -80,6 +90,14 @@ class _ShardActor:
 
     def pid(self) -> int:
         return os.getpid()
+
+    def where(self) -> tuple[str, int]:
+        """(address of this actor's node, its pid)."""
+        return _here()
+
+
+def _here() -> tuple[str, int]:
+    return _node_address(), os.getpid()
 
 
 # A few threads, so that finding the shard (`endpoint`) never waits behind a `ping` that waits for
@@ -122,6 +140,9 @@ class _DispatcherActor:
     def pid(self) -> int:
         return os.getpid()
 
+    def where(self) -> tuple[str, int]:
+        return _here()
+
 
 DispatcherActor = ray.remote(_DispatcherActor)
 
@@ -150,6 +171,8 @@ def join(settings: Settings) -> None:
         "log_to_driver": False,
     }
     if settings.ray_address:
+        if settings.ray_node_ip:
+            common["_node_ip_address"] = settings.ray_node_ip
         try:
             ray.init(address=settings.ray_address, **common)
         except (ConnectionError, RuntimeError, ValueError) as e:
@@ -208,6 +231,27 @@ def _bounded(fn: Callable[[], object], timeout_s: float, what: str) -> bool:
 # -- the actors -----------------------------------------------------------------------------------
 
 
+def _placement(settings: Settings, slot: int) -> dict[str, Any]:
+    """Where an engine actor may run. With the shared store: actor `slot` on the `slot`-th
+    live node, round robin, softly, so a restart after that node died goes to any other. With
+    SQLite: only this process's node, which holds the files."""
+    if StoreSpec.from_settings(settings).shared:
+        alive = [n for n in ray.nodes() if n["Alive"]]  # type: ignore[no-untyped-call]
+        nodes = sorted((n["NodeManagerAddress"], n["NodeID"]) for n in alive)
+        if not nodes:
+            return {}
+        node = nodes[slot % len(nodes)][1]
+        return {
+            "scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=node, soft=True),
+            # Ray places an actor that asks for no resource at all on a random node, whatever
+            # its strategy says (seen here: 4 shards of 4 on one of two nodes, with SPREAD and
+            # with soft affinity alike); a token of memory makes it follow the strategy.
+            "memory": SCHEDULING_MEMORY,
+        }
+    node = ray.get_runtime_context().get_node_id()
+    return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=node, soft=False)}
+
+
 def _shard_options(settings: Settings, index: int) -> dict[str, Any]:
     return {
         "name": SHARD_NAME.format(index),
@@ -216,6 +260,7 @@ def _shard_options(settings: Settings, index: int) -> dict[str, Any]:
         "get_if_exists": True,
         "max_restarts": -1,
         "num_cpus": 0,
+        **_placement(settings, index),
     }
 
 
@@ -245,6 +290,7 @@ def ensure_dispatcher(settings: Settings) -> Any:
         get_if_exists=True,
         max_restarts=-1,
         num_cpus=0,
+        **_placement(settings, settings.shards),
     ).remote(settings.model_dump_json())
     ray.get(handle.start.remote(), timeout=READY_TIMEOUT_S)
     return handle
@@ -272,6 +318,25 @@ def process_ids(settings: Settings) -> dict[str, int]:
                 out[key] = ray.get(handle.pid.remote(), timeout=READY_TIMEOUT_S)
             except (RayError, GetTimeoutError):
                 continue
+    return out
+
+
+def placements(settings: Settings, timeout_s: float = 10.0) -> dict[str, tuple[str, int]]:
+    """Where each shard actor (`shard-NNN`) and the dispatcher (`outbox`) runs now, as (node
+    address, pid); one that does not answer within `timeout_s` (restarting) is left out."""
+    names = [(f"shard-{i:03d}", SHARD_NAME.format(i)) for i in range(settings.shards)]
+    asked = []
+    for key, name in [*names, ("outbox", DISPATCHER_NAME)]:
+        handle = _find(name, settings.ray_namespace)
+        if handle is not None:
+            asked.append((key, handle.where.remote()))
+    out: dict[str, tuple[str, int]] = {}
+    for key, ref in asked:
+        try:
+            node, pid = ray.get(ref, timeout=timeout_s)
+        except (RayError, GetTimeoutError):
+            continue
+        out[key] = (node, pid)
     return out
 
 

@@ -31,7 +31,6 @@ from engine.domain.session import (
     ARRIVED,
     LATE,
     ROW_COLUMNS,
-    Change,
     Lifetimes,
     Session,
     milestones_of,
@@ -45,6 +44,7 @@ from engine.store.base import (
     OutboxRow,
     StoreError,
 )
+from engine.store.recovery import JournalRow, recover
 
 log = logging.getLogger(__name__)
 
@@ -250,53 +250,17 @@ class SqliteStore:
         c = self.conn
         facts = {r[0]: r for r in c.execute(f"SELECT {', '.join(ROW_COLUMNS)} FROM sessions")}
         top = c.execute("SELECT COALESCE(MAX(id), 0) FROM journal").fetchone()[0]
-        cp = self._read_checkpoint()
-        if cp is not None and cp[0] > top:
-            log.warning("ignoring checkpoint %s: it is ahead of the journal", self.checkpoint)
-            cp = None
-        state, upto = self._replay(facts, cp)
-        if cp is not None and len(state) < len(facts):
-            # A session the checkpoint missed (say, a purge that failed): replay it all.
-            log.warning("checkpoint %s misses sessions; replaying the whole journal",
-                        self.checkpoint)
-            state, upto = self._replay(facts, None)
-        self._high = max(top, upto)
-        out = []
-        for tid, (seq, status, lat, lng, at, head, loc_at, flags) in state.items():
-            last = Change(tid, seq, Status(status), None, lat, lng, at, loc_at, flags)
-            s = Session.restore(facts[tid], last, lt)
-            s.head = head
-            out.append(s)
-        return out
 
-    def _replay(
-        self, facts: dict[str, tuple[Any, ...]], cp: tuple[int, list[CheckpointRow]] | None
-    ) -> tuple[dict[str, tuple[Any, ...]], int]:
-        # A session's state: (seq, status, lat, lng, at, head, location time, milestone flags),
-        # the location being its last located change that was not late.
-        state: dict[str, tuple[Any, ...]] = {}
-        upto = 0
-        if cp is not None:
-            upto = cp[0]
-            for tid, seq, status, lat, lng, at, head, *more in cp[1]:
-                if tid in facts:  # rows of version 3 checkpoints have no location time, flags
-                    loc_at, flags = (more[0], more[1]) if len(more) >= 2 else (at, 0)
-                    state[tid] = (seq, status, lat, lng, at, head, loc_at, flags)
-        cur = self.conn.execute(
-            "SELECT id, tracking_id, seq, status, lat, lng, at, fix_at, flags FROM journal"
-            " WHERE id > ? ORDER BY id", (upto,),
+        def rows_after(upto: int) -> Iterable[JournalRow]:
+            return c.execute(
+                "SELECT id, tracking_id, seq, status, lat, lng, at, fix_at, flags FROM journal"
+                " WHERE id > ? ORDER BY id", (upto,),
+            )
+
+        sessions, self._high = recover(
+            facts, top, self._read_checkpoint(), rows_after, lt, str(self.checkpoint)
         )
-        for jid, tid, seq, status, lat, lng, at, fix_at, flags in cur:
-            if tid in facts:
-                old = state.get(tid)
-                if old is None or seq > old[0]:
-                    marks = (old[7] if old else 0) | (flags & (APPROACHING | ARRIVED))
-                    if lat is not None and not flags & LATE:
-                        loc = (lat, lng, at if fix_at is None else fix_at)
-                    else:
-                        loc = (old[2], old[3], old[6]) if old else (None, None, None)
-                    state[tid] = (seq, status, loc[0], loc[1], at, jid, loc[2], marks)
-        return state, upto
+        return sessions
 
     def journal_high(self) -> int:
         return self._high

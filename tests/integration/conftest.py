@@ -1,4 +1,5 @@
-"""Engine fixtures: the same tests run on the Ray runtime and on the local runtime.
+"""Engine fixtures: the same tests run on the Ray runtime and on the local runtime, and on Ray
+with the PostgreSQL store (a database of its own on the session's throwaway server).
 
 Engines are built the way every process builds them, through `engine.runtime.connect`; under
 Ray they run on the session's Ray instance, each test in a namespace of its own.
@@ -29,11 +30,15 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 class EngineUnderTest:
     """Connects engines of one runtime, on a fresh data dir and namespace."""
 
-    def __init__(self, runtime: Runtime, data_dir: Path, ray_address: str | None) -> None:
+    def __init__(
+        self, runtime: Runtime, data_dir: Path, ray_address: str | None,
+        store_url: str | None = None,
+    ) -> None:
         self.runtime: Runtime = runtime
         self.ray_address = ray_address
         self.settings = Settings(
             data_dir=data_dir,
+            store_url=store_url,
             engine=runtime,
             shards=3,
             ray_address=ray_address,
@@ -66,23 +71,27 @@ class EngineUnderTest:
                 ray_cluster.kill_all(s)
 
 
-@pytest.fixture(params=["ray", "local"])
+@pytest.fixture(params=["ray", "local", "ray-postgres"])
 def eut(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[EngineUnderTest]:
-    runtime: Runtime = request.param
+    runtime: Runtime = "local" if request.param == "local" else "ray"
     address: str | None = None
     if runtime == "ray":
         address = request.getfixturevalue("ray_address")
-    e = EngineUnderTest(runtime, tmp_path / "data", address)
+    url = request.getfixturevalue("pg_url") if request.param == "ray-postgres" else None
+    e = EngineUnderTest(runtime, tmp_path / "data", address, url)
     try:
         yield e
     finally:
         e.close()
 
 
-@pytest.fixture
-def ray_eut(ray_address: str, tmp_path: Path) -> Iterator[EngineUnderTest]:
-    """The Ray runtime only (process-level behaviour)."""
-    e = EngineUnderTest("ray", tmp_path / "data", ray_address)
+@pytest.fixture(params=["sqlite", "postgres"])
+def ray_eut(
+    request: pytest.FixtureRequest, ray_address: str, tmp_path: Path
+) -> Iterator[EngineUnderTest]:
+    """The Ray runtime only (process-level behaviour), on each store."""
+    url = request.getfixturevalue("pg_url") if request.param == "postgres" else None
+    e = EngineUnderTest("ray", tmp_path / "data", ray_address, url)
     try:
         yield e
     finally:

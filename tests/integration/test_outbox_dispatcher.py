@@ -1,7 +1,8 @@
 """The outbox dispatcher against real stub services on loopback.
 
-Outbox rows are produced by real shards writing to real store files (what a change owes, in the
-same transaction as the change); the dispatcher under test runs in this process's event loop.
+Outbox rows are produced by real shards writing to a real store, each test on both stores (what
+a change owes, in the same transaction as the change); the dispatcher under test runs in this
+process's event loop.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import logging
 import random
 import socket
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -25,7 +25,6 @@ from engine.domain.status import Status
 from engine.protocol import Ok, Start, Update
 from engine.settings import Settings
 from engine.shard import Shard, ShardConfig
-from engine.store.sqlite import SqliteStore, shard_db_path
 from sim.stubs import IntegrationStubs
 from tests.outbox_contract import (
     Owed,
@@ -35,6 +34,7 @@ from tests.outbox_contract import (
     delivered_keys,
     owed_for_walk,
 )
+from tests.stores import StoreBackend
 from tests.support import timeout
 from tests.support import until as _until
 
@@ -50,9 +50,9 @@ def stubs() -> Iterator[IntegrationStubs]:
         yield s
 
 
-def _settings(data_dir: Path, stubs: IntegrationStubs | None, **over: Any) -> Settings:
+def _settings(backend: StoreBackend, stubs: IntegrationStubs | None, **over: Any) -> Settings:
     values: dict[str, Any] = {
-        "data_dir": data_dir, "shards": SHARDS, "jwt_secret": SECRET,
+        **backend.settings(), "shards": SHARDS, "jwt_secret": SECRET,
         "order_service_url": stubs.orders.url if stubs else None,
         "notification_service_url": stubs.notifications.url if stubs else None,
     }
@@ -69,7 +69,7 @@ def _view(result: Any) -> dict[str, Any]:
 
 
 def _make_sessions(
-    data_dir: Path, n: int, walk: tuple[str, ...] = WALK, *, orders: bool = True,
+    backend: StoreBackend, n: int, walk: tuple[str, ...] = WALK, *, orders: bool = True,
     notifications: bool = True,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, list[Owed]]]:
     """Start `n` sessions on real shards with real store files and walk them through `walk`."""
@@ -78,7 +78,7 @@ def _make_sessions(
     owed: dict[str, list[Owed]] = {}
     for index in range(SHARDS):
         cfg = ShardConfig(index, SHARDS, lifetimes, orders, notifications)
-        store = SqliteStore(shard_db_path(data_dir, index))
+        store = backend.open(index, SHARDS)
         shard = Shard(cfg, store, system_clock)
         try:
             for k in range(index, n, SHARDS):
@@ -133,10 +133,10 @@ def _check_everything_arrived(
 
 
 def test_every_owed_call_arrives_with_the_contract_body_key_and_service_token(
-    tmp_path: Path, stubs: IntegrationStubs
+    backend: StoreBackend, stubs: IntegrationStubs
 ) -> None:
-    sessions, owed = _make_sessions(tmp_path, 12)
-    d = Dispatcher(_settings(tmp_path, stubs), rng=random.Random(1), backoff=FAST)
+    sessions, owed = _make_sessions(backend, 12)
+    d = Dispatcher(_settings(backend, stubs), rng=random.Random(1), backoff=FAST)
 
     async def body() -> dict[str, int]:
         assert await _until(lambda: all_delivered(
@@ -151,12 +151,12 @@ def test_every_owed_call_arrives_with_the_contract_body_key_and_service_token(
 
 
 def test_receiver_down_then_back_gets_every_call_in_order_per_session(
-    tmp_path: Path, stubs: IntegrationStubs
+    backend: StoreBackend, stubs: IntegrationStubs
 ) -> None:
-    sessions, owed = _make_sessions(tmp_path, 10)
+    sessions, owed = _make_sessions(backend, 10)
     stubs.notifications.go_down(1.0)  # connections refused for a second
     stubs.orders.set_failing(503, calls=4)
-    d = Dispatcher(_settings(tmp_path, stubs), rng=random.Random(2), backoff=FAST)
+    d = Dispatcher(_settings(backend, stubs), rng=random.Random(2), backoff=FAST)
 
     async def body() -> dict[str, int]:
         assert await _until(lambda: all_delivered(
@@ -172,10 +172,10 @@ def test_receiver_down_then_back_gets_every_call_in_order_per_session(
     assert counts["retries"] >= 4
 
 
-def test_dropped_connections_are_retried(tmp_path: Path, stubs: IntegrationStubs) -> None:
-    sessions, owed = _make_sessions(tmp_path, 4)
+def test_dropped_connections_are_retried(backend: StoreBackend, stubs: IntegrationStubs) -> None:
+    sessions, owed = _make_sessions(backend, 4)
     stubs.notifications.set_failing(0, calls=3)  # read the request, close without answering
-    d = Dispatcher(_settings(tmp_path, stubs), rng=random.Random(3), backoff=FAST)
+    d = Dispatcher(_settings(backend, stubs), rng=random.Random(3), backoff=FAST)
 
     async def body() -> None:
         assert await _until(lambda: all_delivered(
@@ -187,11 +187,11 @@ def test_dropped_connections_are_retried(tmp_path: Path, stubs: IntegrationStubs
 
 
 def test_4xx_is_parked_as_a_dead_letter_and_the_session_moves_on(
-    tmp_path: Path, stubs: IntegrationStubs, caplog: pytest.LogCaptureFixture
+    backend: StoreBackend, stubs: IntegrationStubs, caplog: pytest.LogCaptureFixture
 ) -> None:
-    sessions, owed = _make_sessions(tmp_path, 3)
+    sessions, owed = _make_sessions(backend, 3)
     stubs.orders.set_failing(422)
-    d = Dispatcher(_settings(tmp_path, stubs), rng=random.Random(4), backoff=FAST)
+    d = Dispatcher(_settings(backend, stubs), rng=random.Random(4), backoff=FAST)
     order_keys = frozenset(o.key for c in owed.values() for o in c if o.target == "order")
 
     async def body() -> tuple[dict[str, int], list[dict[str, Any]]]:
@@ -227,11 +227,11 @@ def test_4xx_is_parked_as_a_dead_letter_and_the_session_moves_on(
 
 
 def test_the_attempt_cap_parks_a_call_that_keeps_failing(
-    tmp_path: Path, stubs: IntegrationStubs
+    backend: StoreBackend, stubs: IntegrationStubs
 ) -> None:
-    sessions, _ = _make_sessions(tmp_path, 1, walk=("PICKED_UP",), orders=False)
+    sessions, _ = _make_sessions(backend, 1, walk=("PICKED_UP",), orders=False)
     stubs.notifications.set_failing(503)
-    settings = _settings(tmp_path, stubs, outbox_max_attempts=3)
+    settings = _settings(backend, stubs, outbox_max_attempts=3)
     d = Dispatcher(settings, rng=random.Random(5), backoff=FAST)
 
     async def body() -> dict[str, int]:
@@ -248,10 +248,10 @@ def test_the_attempt_cap_parks_a_call_that_keeps_failing(
 
 
 def test_nothing_is_sent_where_no_url_is_set_and_the_rows_wait(
-    tmp_path: Path, stubs: IntegrationStubs
+    backend: StoreBackend, stubs: IntegrationStubs
 ) -> None:
-    _, owed = _make_sessions(tmp_path, 4, orders=False)
-    settings = _settings(tmp_path, stubs, notification_service_url=None)
+    _, owed = _make_sessions(backend, 4, orders=False)
+    settings = _settings(backend, stubs, notification_service_url=None)
     d = Dispatcher(settings, rng=random.Random(6), backoff=FAST)
 
     async def body() -> dict[str, int]:
@@ -265,7 +265,7 @@ def test_nothing_is_sent_where_no_url_is_set_and_the_rows_wait(
     assert counts["pending"] == sum(len(c) for c in owed.values())
 
     # Configured later (a restart with the URL set): the rows that waited are delivered.
-    d2 = Dispatcher(_settings(tmp_path, stubs), rng=random.Random(6), backoff=FAST)
+    d2 = Dispatcher(_settings(backend, stubs), rng=random.Random(6), backoff=FAST)
 
     async def body2() -> None:
         assert await _until(lambda: all_delivered([], stubs.notifications.requests, owed), 30)
@@ -273,9 +273,9 @@ def test_nothing_is_sent_where_no_url_is_set_and_the_rows_wait(
     asyncio.run(_with_dispatcher(d2, body2))
 
 
-def test_no_rows_are_written_for_unconfigured_services(tmp_path: Path) -> None:
-    _make_sessions(tmp_path, 3, orders=False, notifications=False)
-    d = Dispatcher(_settings(tmp_path, None), rng=random.Random(7))
+def test_no_rows_are_written_for_unconfigured_services(backend: StoreBackend) -> None:
+    _make_sessions(backend, 3, orders=False, notifications=False)
+    d = Dispatcher(_settings(backend, None), rng=random.Random(7))
 
     async def body() -> dict[str, int]:
         return await d.counts()
@@ -285,15 +285,15 @@ def test_no_rows_are_written_for_unconfigured_services(tmp_path: Path) -> None:
 
 
 def test_timeouts_are_retried_and_a_new_dispatcher_finishes_the_job(
-    tmp_path: Path, stubs: IntegrationStubs
+    backend: StoreBackend, stubs: IntegrationStubs
 ) -> None:
-    sessions, owed = _make_sessions(tmp_path, 2, walk=("PICKED_UP",), orders=False)
+    sessions, owed = _make_sessions(backend, 2, walk=("PICKED_UP",), orders=False)
     # A receiver that accepts connections and never answers.
     with socket.socket() as blackhole:
         blackhole.bind(("127.0.0.1", 0))
         blackhole.listen(64)
         url = f"http://127.0.0.1:{blackhole.getsockname()[1]}"
-        settings = _settings(tmp_path, stubs, notification_service_url=url, outbox_timeout_s=0.2)
+        settings = _settings(backend, stubs, notification_service_url=url, outbox_timeout_s=0.2)
         d = Dispatcher(settings, rng=random.Random(8), backoff=FAST)
 
         async def body() -> tuple[dict[str, int], list[dict[str, Any]]]:
@@ -312,7 +312,7 @@ def test_timeouts_are_retried_and_a_new_dispatcher_finishes_the_job(
     assert dead == []
 
     # The next dispatcher on the same store (a restart) delivers everything still owed.
-    d2 = Dispatcher(_settings(tmp_path, stubs), rng=random.Random(9), backoff=FAST)
+    d2 = Dispatcher(_settings(backend, stubs), rng=random.Random(9), backoff=FAST)
 
     async def body2() -> None:
         assert await _until(lambda: all_delivered([], stubs.notifications.requests, owed), 30)

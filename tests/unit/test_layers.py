@@ -69,7 +69,8 @@ def test_an_api_process_on_ray_loads_no_database_driver() -> None:
         "import json, sys\n"
         "import api.app, api.cli, engine.runtime, engine.runtime.ray_cluster\n"
         "from engine.settings import Settings\n"
-        "api.app.create_app(Settings(engine='ray', jwt_secret='x' * 32))\n"
+        "api.app.create_app(Settings(engine='ray', jwt_secret='x' * 32,"
+        " store_url='postgresql://db.invalid/tracking'))\n"
         "print(json.dumps(sorted(sys.modules)))\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "TRACKING_"))}
@@ -79,4 +80,5 @@ def test_an_api_process_on_ray_loads_no_database_driver() -> None:
     loaded = set(json.loads(out.splitlines()[-1]))
     assert "engine.runtime.ray_cluster" in loaded
     assert not {"sqlite3", "_sqlite3"} & loaded
+    assert not {m for m in loaded if m.split(".")[0] in {"psycopg", "psycopg_binary"}}
     assert not {m for m in loaded if m.split(".")[0] in {"sim", "loadtests", "harness"}}

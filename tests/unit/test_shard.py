@@ -1,7 +1,7 @@
 """A shard hosting many sessions, driven by batches of commands, with a manual clock.
 
 Each behaviour runs over both a NullStore and a real SqliteStore in tmp_path; journal-specific
-behaviour (reload, history, a failing commit) runs over SqliteStore.
+behaviour (reload, history, a failing commit) runs over SqliteStore and PostgresStore.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 
 import msgspec
 import orjson
+import psycopg
 import pydantic
 import pytest
 
@@ -56,6 +57,7 @@ from engine.protocol import (
 )
 from engine.shard import GATEWAY_IDLE_S, Shard, ShardConfig
 from engine.store.base import Entry, NullStore, Store
+from engine.store.postgres import PostgresStore
 from engine.store.sqlite import SqliteStore
 from tests.support import timeout, until
 
@@ -77,6 +79,19 @@ class BrokenDiskStore(SqliteStore):
     ) -> None:
         if self.broken:
             raise sqlite3.OperationalError("database or disk is full")
+        super().commit(created, entries, outbox)
+
+
+class BrokenDiskPostgres(PostgresStore):
+    """The same over the PostgreSQL store (its server's disk full)."""
+
+    broken = False
+
+    def commit(
+        self, created: Iterable[Session], entries: Sequence[Entry], outbox: Sequence[OutboxItem]
+    ) -> None:
+        if self.broken:
+            raise psycopg.errors.DiskFull("database or disk is full")
         super().commit(created, entries, outbox)
 
 
@@ -182,13 +197,15 @@ def h(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
         store.close()
 
 
-@pytest.fixture
-def hs(tmp_path: Path) -> Iterator[Harness]:
-    """SqliteStore only (the journal's own behaviour)."""
+@pytest.fixture(params=["sqlite", "postgres"])
+def hs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
+    """A journal on each store (the journal's own behaviour)."""
     opened: list[Store] = []
+    url = request.getfixturevalue("pg_url") if request.param == "postgres" else None
 
     def make_store() -> Store:
-        store = BrokenDiskStore(tmp_path / "s.db")
+        store: Store = (BrokenDiskStore(tmp_path / "s.db") if url is None
+                        else BrokenDiskPostgres(url, INDEX, N_SHARDS))  # fmt: skip
         opened.append(store)
         return store
 
@@ -634,7 +651,7 @@ def test_a_checkpoint_gives_up_when_the_shard_reloads_under_it(
     tids = [hs.start(f"ORD-{i}") for i in range(3)]
     host = ShardHost(hs.shard, sweep_interval_s=60, background=False)
     store = hs.shard.store
-    assert isinstance(store, BrokenDiskStore)
+    assert isinstance(store, BrokenDiskStore | BrokenDiskPostgres)
 
     def a_batch_fails() -> None:  # between two slices of the checkpoint
         store.broken = True  # this batch fails: the shard reloads from the journal
@@ -642,7 +659,7 @@ def test_a_checkpoint_gives_up_when_the_shard_reloads_under_it(
         store.broken = False
 
     assert host.checkpoint(between_slices=a_batch_fails) is False
-    assert not store.checkpoint.exists()
+    assert store._read_checkpoint() is None
 
 
 def test_purging_is_spread_over_sweeps(hs: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -686,7 +703,7 @@ def test_a_failed_journal_write_is_unavailable_and_memory_goes_back(hs: Harness)
     base, evs = hs.events("gw-1")
     ack = base + len(evs)
     store = hs.shard.store
-    assert isinstance(store, BrokenDiskStore)
+    assert isinstance(store, BrokenDiskStore | BrokenDiskPostgres)
 
     store.broken = True
     results = hs.shard.handle([
@@ -719,7 +736,7 @@ def test_a_read_batched_after_a_failed_write_does_not_see_it(hs: Harness) -> Non
     tid = hs.start("ORD-1")
     journaled = ok(hs.update(tid, 5.61, -0.19))
     store = hs.shard.store
-    assert isinstance(store, BrokenDiskStore)
+    assert isinstance(store, BrokenDiskStore | BrokenDiskPostgres)
     store.broken = True
     results = hs.shard.handle([
         Update(tid, 5.70, -0.10, PICKED_UP, "RIDER-1"),

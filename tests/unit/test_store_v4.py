@@ -9,7 +9,7 @@ from pathlib import Path
 from engine.domain.session import LATE, Rules
 from engine.domain.status import Status
 from engine.store.sqlite import SCHEMA_VERSION, SqliteOutbox, SqliteStore, shard_db_path
-from tests.unit.test_store import LT, T0, Ids, history_item, session, starts, walk
+from tests.unit.test_store_contract import LT, T0, Ids, history_item, session, starts, walk
 
 V3_SCHEMA = """
 CREATE TABLE sessions (tracking_id TEXT PRIMARY KEY, order_id, rider_id, phone, dropoff_lat,
