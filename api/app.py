@@ -14,13 +14,14 @@ from api import errors, observability, pages, routes, ws
 from api.auth import TokenVerifier
 from api.gateway import Gateway
 from api.gcpolicy import GcPolicy
+from api.limits import BodyLimit, Limits
+from api.metrics_port import open_listener, scrape
+from api.order_check import OrderCheck
 from api.updates import LeanUpdates, Live
 from engine.runtime import connect
 from engine.settings import Settings
 
 log = logging.getLogger(__name__)
-
-MAX_BODY_BYTES = 64 * 1024
 
 
 def create_app(settings: Settings) -> LeanUpdates:
@@ -45,9 +46,24 @@ def create_app(settings: Settings) -> LeanUpdates:
         collector = asyncio.get_running_loop().create_task(
             GcPolicy(lambda: gateway.connections).run()
         )
+        order_check = app.state.order_check = (
+            OrderCheck(settings.order_service_url, settings.resolved_service_secret(),
+                       settings.order_check_timeout_s)
+            if settings.start_check_order and settings.order_service_url else None
+        )
+        metrics_listener = None
+        if settings.metrics_port is not None:
+            metrics_listener = await open_listener(
+                settings.metrics_host, settings.metrics_port,
+                lambda: scrape(engine.client, engine.outbox),
+            )
         try:
             yield
         finally:
+            if metrics_listener is not None:
+                metrics_listener.close()
+            if order_check is not None:
+                await order_check.close()
             collector.cancel()
             lag.cancel()
             await ops_feed.stop()
@@ -68,12 +84,15 @@ def create_app(settings: Settings) -> LeanUpdates:
     tokens = TokenVerifier(settings.resolved_secret())
     app.state.tokens = tokens
     live = Live()
+    limits = app.state.limits = Limits(settings)
+    app.state.order_check = None
+    app.add_middleware(BodyLimit, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(observability.RequestLogMiddleware)
     errors.install(app)
     app.include_router(routes.router)
     app.include_router(ws.router)
     app.include_router(pages.router)
-    return LeanUpdates(app, live, tokens, MAX_BODY_BYTES)
+    return LeanUpdates(app, live, tokens, settings.max_body_bytes, limits)
 
 
 def app_from_env() -> LeanUpdates:

@@ -7,6 +7,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -39,9 +40,14 @@ def serve(args: argparse.Namespace) -> int:
     os.environ.setdefault("WEBSOCKETS_MAX_LINE_LENGTH", "65536")
     import uvicorn
 
+    if args.metrics_port is not None:
+        os.environ["TRACKING_METRICS_PORT"] = str(args.metrics_port)
+    if args.metrics_host is not None:
+        os.environ["TRACKING_METRICS_HOST"] = args.metrics_host
     settings = _settings()
     try:
         secret = settings.resolved_secret()
+        service_secret = settings.resolved_service_secret()
     except (RuntimeError, OSError) as e:
         print(f"tracking: {e}", file=sys.stderr)
         return 2
@@ -57,6 +63,7 @@ def serve(args: argparse.Namespace) -> int:
             print(f"tracking: {getattr(e, 'detail', e)}", file=sys.stderr)
             return 2
         os.environ["TRACKING_JWT_SECRET"] = secret
+        os.environ["TRACKING_SERVICE_SECRET"] = service_secret
         if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             # Workers' counters are merged from files here at /metrics.
             metrics_dir = tempfile.mkdtemp(prefix="tracking-metrics-")
@@ -69,6 +76,14 @@ def serve(args: argparse.Namespace) -> int:
             "ws": "api.wsproto:TrackingWebSocketProtocol", "ws_per_message_deflate": False,
             "timeout_graceful_shutdown": 5, "access_log": False,
         }
+        # uvicorn stops gracefully on SIGTERM / SIGINT, then raises the signal again with the
+        # handler it found, so that the default action follows. Ray's driver set that handler
+        # to exit with the signal's number, and Python's SIGINT one raises KeyboardInterrupt:
+        # either way `tracking serve` would end with an error after a clean stop. Told to stop,
+        # it stops: take note and return 0 once the engine is stopped too.
+        stopping: list[int] = []
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda signum, _frame: stopping.append(signum))
         if args.workers > 1:
             uvicorn.run("api.app:app_from_env", factory=True, workers=args.workers, **uv_kwargs)
         else:
@@ -83,7 +98,12 @@ def serve(args: argparse.Namespace) -> int:
 def token(args: argparse.Namespace) -> int:
     settings = _settings()
     try:
-        secret = settings.resolved_secret()
+        # A service token (what the order and notification services receive) is signed with
+        # the service secret, never with the users' one.
+        if args.role == Role.SERVICE.value:
+            secret = settings.resolved_service_secret()
+        else:
+            secret = settings.resolved_secret()
     except (RuntimeError, OSError) as e:
         print(f"tracking: {e}", file=sys.stderr)
         return 2
@@ -133,6 +153,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                    choices=["critical", "error", "warning", "info", "debug"])
     s.add_argument("--log-format", default="auto", choices=["auto", "json", "text"],
                    help="json lines, or a human format (auto: text on a terminal)")
+    s.add_argument("--metrics-port", type=int, default=None,
+                   help="also serve /metrics without a token on this port (TRACKING_METRICS_PORT)")
+    s.add_argument("--metrics-host", default=None,
+                   help="address of the metrics port (default 127.0.0.1, TRACKING_METRICS_HOST)")
     t = sub.add_parser("token", help="print a JWT signed with the server's secret")
     roles = sorted([r.value for r in USER_ROLES] + [Role.SERVICE.value])
     t.add_argument("--role", required=True, choices=roles)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -25,6 +26,7 @@ TABLE: dict[type[e.TrackingError], tuple[int, int | None]] = {
     e.Conflict: (409, None),
     e.TooLarge: (413, 1009),
     e.Unavailable: (503, TRY_AGAIN_LATER),
+    e.RateLimited: (429, TRY_AGAIN_LATER),
 }
 
 
@@ -69,6 +71,8 @@ def install(app: FastAPI) -> None:
         assert isinstance(exc, e.TrackingError)
         request.state.error_code = exc.code
         headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, e.Unauthenticated) else None
+        if isinstance(exc, e.RateLimited):
+            headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}
         return JSONResponse({"detail": exc.detail}, http_status(exc), headers=headers)
 
     async def validation_error(request: Request, exc: Exception) -> JSONResponse:

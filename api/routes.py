@@ -11,7 +11,15 @@ from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from api import asyncapi as asyncapi_doc
-from api.auth import CurrentPrincipal, MaybeReader, Role, TokenVerifier, require_roles
+from api.auth import (
+    CurrentPrincipal,
+    MaybeReader,
+    Role,
+    TokenVerifier,
+    require_roles,
+)
+from api.limits import Limits, client_ip
+from api.metrics_port import scrape
 from api.models import (
     BatchRequest,
     BatchResponse,
@@ -26,7 +34,8 @@ from api.models import (
     TrackingView,
     UpdateRequest,
 )
-from api.observability import event_log, render
+from api.observability import event_log
+from api.order_check import OrderCheck
 from api.updates import apply_batch, apply_update
 from engine.client import EngineClient
 from engine.dispatcher import Outbox
@@ -37,6 +46,7 @@ from engine.protocol import (
     BatchedFix,
     LocationReport,
     PlatformStats,
+    Resumed,
     batch_answer,
     decode_view,
 )
@@ -74,33 +84,51 @@ def _check_id(tracking_id: str) -> None:
         raise NotFound("Tracking session not found")
 
 
+def _limits(request: Request) -> Limits:
+    limits: Limits = request.app.state.limits
+    return limits
+
+
 @router.post(
     "/tracking/start", status_code=201, response_model=TrackingView,
-    responses=_errors(401, 403, 409, 422),
+    responses={
+        **_errors(401, 403, 409, 413, 422, 429, 503),
+        200: {"model": TrackingView,
+              "description": "The order's live session, started before by the same rider"},
+    },
 )
 async def start_tracking(
     body: StartRequest, principal: CurrentPrincipal, request: Request
 ) -> Response:
-    """Start tracking an order; the rider named in the body or a superadmin."""
+    """Start tracking an order; the rider named in the body or a superadmin.
+
+    A start repeated by the rider of the order's live session answers that session (200), so
+    a retried start is safe; a start by anyone else for an order with a live session is 409."""
+    _limits(request).check("start", principal, client_ip(request.scope))
     if not principal.is_admin and not (
         principal.role is Role.RIDER and principal.sub == body.rider_id
     ):
         raise Forbidden("Only the rider named in the body or a superadmin may start tracking")
-    view = await _engine(request).start(
+    orders: OrderCheck | None = request.app.state.order_check
+    if orders is not None:
+        await orders.check(body.order_id, body.rider_id)
+    started = await _engine(request).start(
         body.order_id, body.rider_id, body.dropoff_lat, body.dropoff_lng, body.phone
     )
+    if isinstance(started, Resumed):
+        return _json(started.view, 200)
     event_log.info("tracking started", extra={"fields": {
         "request_id": getattr(request.state, "request_id", None),
         "order_id": body.order_id, "rider_id": body.rider_id,
-        "tracking_id": decode_view(view).tracking_id,
+        "tracking_id": decode_view(started).tracking_id,
         "principal": f"{principal.role}:{principal.sub}",
     }})
-    return _json(view, 201)
+    return _json(started, 201)
 
 
 @router.post(
     "/tracking/update/{tracking_id}", response_model=TrackingView,
-    responses=_errors(401, 403, 404, 409, 410, 413, 422),
+    responses=_errors(401, 403, 404, 409, 410, 413, 422, 429),
 )
 async def update_tracking(
     tracking_id: TrackingId, body: UpdateRequest, principal: CurrentPrincipal, request: Request
@@ -109,6 +137,7 @@ async def update_tracking(
 
     Served by `api.updates.LeanUpdates` in front of the framework; this declaration is its
     OpenAPI description, and serves the same updates when that front door is not installed."""
+    _limits(request).check("update", principal, client_ip(request.scope))
     report = LocationReport(body.lat, body.lng, body.status, body.recorded_at, body.accuracy_m)
     view = await apply_update(_engine(request), tracking_id, report, principal, "http")
     return _json(view)
@@ -116,7 +145,7 @@ async def update_tracking(
 
 @router.post(
     "/tracking/update/{tracking_id}/batch", response_model=BatchResponse,
-    responses=_errors(401, 403, 404, 409, 410, 413, 422),
+    responses=_errors(401, 403, 404, 409, 410, 413, 422, 429),
 )
 async def update_tracking_batch(
     tracking_id: TrackingId, body: BatchRequest, principal: CurrentPrincipal, request: Request
@@ -126,6 +155,9 @@ async def update_tracking_batch(
     which were kept. A status step the session does not allow refuses the whole batch (409,
     naming the fix) and changes nothing."""
     settings: Settings = request.app.state.settings
+    limits, ip = _limits(request), client_ip(request.scope)
+    for _ in body.fixes[: settings.batch_max_fixes]:  # each fix is an update to the limits
+        limits.check("update", principal, ip)
     fixes = [BatchedFix(f.lat, f.lng, f.recorded_at, f.status, f.accuracy_m) for f in body.fixes]
     answer = await apply_batch(
         _engine(request), tracking_id, fixes, principal, "http", settings.batch_max_fixes
@@ -268,14 +300,13 @@ async def asyncapi(request: Request) -> Response:
     return _json(doc)
 
 
-@router.get("/metrics", include_in_schema=False)
+@router.get(
+    "/metrics", include_in_schema=False, dependencies=[require_roles(Role.SUPERADMIN)]
+)
 async def metrics(request: Request) -> Response:
-    """Prometheus exposition: this service's counters plus engine-wide gauges."""
-    try:
-        engine_stats: dict[str, Any] | None = msgspec.to_builtins(await _platform_stats(request))
-    except TrackingError:
-        engine_stats = None
-    body, content_type = render(engine_stats)
+    """Prometheus exposition: this service's counters plus engine-wide gauges; superadmin only
+    (or without a token on the metrics port, `api.metrics_port`)."""
+    body, content_type = await scrape(_engine(request), _outbox(request))
     return Response(body, media_type=content_type)
 
 

@@ -22,12 +22,14 @@ import msgspec
 
 from api.auth import Principal, Role, TokenVerifier
 from api.errors import http_status
+from api.limits import Limits, client_ip, retry_after
 from api.observability import HTTP_REQUESTS, UPDATES, event_log
 from engine.client import EngineClient
 from engine.domain.errors import (
     Forbidden,
     InvalidInput,
     NotFound,
+    RateLimited,
     TooLarge,
     TrackingError,
     Unauthenticated,
@@ -150,12 +152,14 @@ class LeanUpdates:
     """Serves `POST /tracking/update/{id}` before the framework; passes everything else on."""
 
     def __init__(
-        self, app: ASGIApp, live: Live, tokens: TokenVerifier, max_body_bytes: int
+        self, app: ASGIApp, live: Live, tokens: TokenVerifier, max_body_bytes: int,
+        limits: Limits | None = None,
     ) -> None:
         self.app = app
         self.live = live
         self.tokens = tokens
         self.max_body_bytes = max_body_bytes
+        self.limits = limits
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path")
@@ -195,6 +199,9 @@ class LeanUpdates:
                 json_body = kind == b"application/json" or kind.endswith(b"+json")
             elif name == b"content-length" and value.isdigit():
                 length = int(value)
+        limits = self.limits
+        if limits is not None:
+            limits.check_ip("update", client_ip(scope))
         # As the framework does: the token first (401), then the body (413, 422).
         if token is None:
             raise _Refused(Unauthenticated(
@@ -203,6 +210,8 @@ class LeanUpdates:
         if scheme.lower() != "bearer" or not credentials.strip():
             raise _Refused(Unauthenticated("Authorization header must be 'Bearer <token>'"))
         principal = self.tokens.verify(credentials.strip())
+        if limits is not None:
+            limits.check_principal("update", principal)
         if length > self.max_body_bytes:
             raise _Refused(_too_large(self.max_body_bytes))
         chunks: list[bytes] = []
@@ -228,6 +237,8 @@ class LeanUpdates:
         status = http_status(error)
         body = _error_body.encode(ErrorBody(error.detail))
         headers = _AUTH_HEADERS if isinstance(error, Unauthenticated) else _JSON_HEADERS
+        if isinstance(error, RateLimited):
+            headers = [*_JSON_HEADERS, (b"retry-after", retry_after(error).encode())]
         await send({"type": "http.response.start", "status": status, "headers": [
             *headers, (b"content-length", b"%d" % len(body)),
         ]})

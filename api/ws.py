@@ -5,17 +5,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import time
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocketState
 
 from api.auth import Principal, Role, TokenVerifier
-from api.errors import POLICY_VIOLATION, close_code
+from api.errors import POLICY_VIOLATION, TRY_AGAIN_LATER, close_code
 from api.gateway import Gateway
+from api.limits import Limits
 from api.observability import UPDATES
 from api.updates import apply_batch, apply_update
 from api.wsproto import EXTENSION, AsgiFrameSink, FrameSink, prepare_text
 from engine.client import EngineClient
-from engine.domain.errors import Forbidden, InvalidInput, TrackingError
+from engine.domain.errors import Forbidden, InvalidInput, RateLimited, TrackingError
 from engine.protocol import (
     FILTERED_MARK,
     ID_MAX,
@@ -41,12 +45,38 @@ def _error(message: str) -> str:
     return error(message).decode()
 
 
-async def _refuse(ws: WebSocket, message: str) -> None:
-    """Accept, say why, close 1008 (browsers cannot read a refusal before accept)."""
-    await ws.accept()
+async def _refuse(ws: WebSocket, message: str, code: int = POLICY_VIOLATION) -> None:
+    """Accept, say why, close with `code` (browsers cannot read a refusal before accept)."""
+    if ws.client_state is WebSocketState.CONNECTING:
+        await ws.accept()
     with contextlib.suppress(Exception):
         await ws.send_text(_error(message))
-        await ws.close(POLICY_VIOLATION, message[:120])
+        await ws.close(code, message[:120])
+
+
+def _admit(ws: WebSocket, tracking_id: str | None = None) -> Principal | None:
+    """The connecting client's principal, after the connect limits: raises Unauthenticated
+    for a bad token, RateLimited past a limit. On a session's socket (`tracking_id`) that
+    session's share link token is admitted too, as a reader (None)."""
+    limits: Limits = ws.app.state.limits
+    ip = ws.client.host if ws.client is not None else None
+    limits.check_ip("connect", ip)
+    principal = _principal(ws) if tracking_id is None else _reader(ws, tracking_id)
+    limits.check_principal("connect", principal)
+    return principal
+
+
+def _full(ws: WebSocket, gateway: Gateway) -> bool:
+    """Whether this process holds as many sockets as it may (`TRACKING_MAX_SOCKETS`)."""
+    cap: int = ws.app.state.settings.max_sockets
+    return gateway.connections >= cap
+
+
+_FULL = "server busy: this API process holds its maximum of sockets; retry shortly"
+
+
+def _expired(principal: Principal) -> bool:
+    return time.time() >= principal.expires_at
 
 
 def _principal(ws: WebSocket) -> Principal | None:
@@ -95,16 +125,19 @@ async def watch(ws: WebSocket, tracking_id: str) -> None:
     gateway: Gateway = ws.app.state.gateway
     engine: EngineClient = ws.app.state.engine
     try:
-        principal = _reader(ws, tracking_id)
+        principal = _admit(ws, tracking_id)
         since_seq = _since_seq(ws)
         milestones = _flag(ws, "milestones")
     except TrackingError as e:
-        await _refuse(ws, e.detail)
+        await _refuse(ws, e.detail, close_code(e) or POLICY_VIOLATION)
         return
     if len(tracking_id) > ID_MAX:
         await _refuse(ws, "Tracking session not found")
         return
     await ws.accept()
+    if _full(ws, gateway):  # checked after the last await before `attach` counts this socket
+        await _refuse(ws, _FULL, TRY_AGAIN_LATER)
+        return
     sink: FrameSink | None = ws.scope["extensions"].get(EXTENSION)
     fallback = None
     if sink is None:  # not under `tracking serve`'s protocol: plain ASGI messages
@@ -119,7 +152,6 @@ async def watch(ws: WebSocket, tracking_id: str) -> None:
             await ws.close(close_code(e) or POLICY_VIOLATION, e.detail[:120])
         return
     limit = ws.app.state.settings.ws_max_message_bytes
-    batch_max = ws.app.state.settings.batch_max_fixes
     try:
         while not watcher.closed:
             raw = await ws.receive()
@@ -133,7 +165,12 @@ async def watch(ws: WebSocket, tracking_id: str) -> None:
             if len(text) > limit:
                 watcher.reply(prepare_text(error(f"message too large (limit {limit} bytes)")))
                 continue
-            reply = await _handle(text, tracking_id, principal, engine, batch_max)
+            try:
+                reply = await _handle(text, tracking_id, principal, engine, ws)
+            except RateLimited as e:
+                watcher.reply(prepare_text(error(e.detail)))
+                watcher.close(TRY_AGAIN_LATER, e.detail[:120])
+                break
             if reply is not None:
                 watcher.reply(prepare_text(reply))
     except (WebSocketDisconnect, RuntimeError, OSError):
@@ -146,7 +183,7 @@ async def watch(ws: WebSocket, tracking_id: str) -> None:
 
 async def _handle(
     text: str, tracking_id: str, principal: Principal | None, engine: EngineClient,
-    batch_max: int,
+    ws: WebSocket,
 ) -> bytes | None:
     """One client message; returns the direct reply, if any (updates reach all via fan-out)."""
     msg: ReportLocation | ReportBatch | ClientPing | None = None
@@ -165,6 +202,18 @@ async def _handle(
         return error("not authorised: connect with ?token=<rider or superadmin token> to report")
     if not _may_report(principal):
         return error("not authorised: only the session's rider or a superadmin may update it")
+    if _expired(principal):
+        # The socket keeps watching (that needs no token); the token's rights are gone.
+        return error("not authorised: the token has expired; reconnect with a fresh token to"
+                     " report")
+    limits: Limits = ws.app.state.limits
+    ip = ws.client.host if ws.client is not None else None
+    if isinstance(msg, ReportBatch):
+        batch_max: int = ws.app.state.settings.batch_max_fixes
+        for _ in msg.fixes[:batch_max]:  # each fix of a batch is an update to the limits
+            limits.check("update", principal, ip)
+    else:
+        limits.check("update", principal, ip)
     try:
         if isinstance(msg, ReportBatch):
             answer = await apply_batch(engine, tracking_id, msg.fixes, principal, "ws", batch_max)
@@ -188,9 +237,9 @@ def _may_report(principal: Principal | None) -> bool:
 async def ops_feed(ws: WebSocket) -> None:
     """Superadmin feed: about once a second, every live session's position and the statistics."""
     try:
-        principal = _principal(ws)
+        principal = _admit(ws)
     except TrackingError as e:
-        await _refuse(ws, e.detail)
+        await _refuse(ws, e.detail, close_code(e) or POLICY_VIOLATION)
         return
     if principal is None or not principal.is_admin:
         await _refuse(ws, "the ops feed needs a superadmin token (?token=...)")
@@ -198,6 +247,9 @@ async def ops_feed(ws: WebSocket) -> None:
     await ws.accept()
     feed: OpsFeed = ws.app.state.ops_feed
     gateway: Gateway = ws.app.state.gateway
+    if _full(ws, gateway):
+        await _refuse(ws, _FULL, TRY_AGAIN_LATER)
+        return
     gateway.extra_connections += 1
     queue: asyncio.Queue[str] = feed.subscribe()
 
@@ -206,13 +258,21 @@ async def ops_feed(ws: WebSocket) -> None:
             await ws.send_text(await queue.get())
 
     sender = asyncio.get_running_loop().create_task(pump())
+    # The feed is the token's right: it ends when the token expires.
+    loop = asyncio.get_running_loop()
+    left = principal.expires_at - time.time()
+    ends = loop.time() + left if math.isfinite(left) else None
     try:
-        while True:
-            raw = await ws.receive()
-            if raw["type"] == "websocket.disconnect":
-                break
-            if raw.get("text") and '"ping"' in raw["text"]:
-                await ws.send_text(_PONG)
+        async with asyncio.timeout_at(ends):
+            while True:
+                raw = await ws.receive()
+                if raw["type"] == "websocket.disconnect":
+                    break
+                if raw.get("text") and '"ping"' in raw["text"]:
+                    await ws.send_text(_PONG)
+    except TimeoutError:
+        sender.cancel()
+        await _refuse(ws, "the token has expired; reconnect with a fresh superadmin token")
     except (WebSocketDisconnect, RuntimeError, OSError):
         pass
     finally:

@@ -43,6 +43,7 @@ from engine.protocol import (
     Presence,
     Reply,
     Result,
+    Resumed,
     RiderHit,
     RiderLookup,
     ShardStats,
@@ -131,6 +132,12 @@ def _nothing(value: Reply) -> None:
 
 def _rider_hit(value: Reply) -> RiderHit | None:
     return value if isinstance(value, RiderHit) else None
+
+
+def _started(value: Reply) -> bytes | Resumed:
+    if isinstance(value, bytes | Resumed):
+        return value
+    raise TypeError(f"expected a view or Resumed from the shard, got {type(value).__name__}")
 
 
 _bytes = _expect(bytes)
@@ -278,10 +285,11 @@ class EngineClient:
     def start(
         self, order_id: str, rider_id: str, dropoff_lat: float, dropoff_lng: float,
         phone: str | None,
-    ) -> asyncio.Future[bytes]:
-        """Start a session on its order's shard; the view's JSON."""
+    ) -> asyncio.Future[bytes | Resumed]:
+        """Start a session on its order's shard: the new session's view's JSON, or `Resumed`
+        with the view of the order's live session when `rider_id` already rides it."""
         cmd = Start(order_id, rider_id, dropoff_lat, dropoff_lng, phone)
-        return self._lanes[shard_of(order_id, self.n_shards)].submit(cmd, _bytes)
+        return self._lanes[shard_of(order_id, self.n_shards)].submit(cmd, _started)
 
     def update(
         self, tracking_id: str, lat: float, lng: float, status: Status | None,

@@ -80,7 +80,9 @@ class Dispatcher:
     ) -> None:
         self.settings = settings
         self.clock = clock
-        self.secret = secret if secret is not None else settings.resolved_secret()
+        # The service token has a secret of its own: a receiver that can verify it must not be
+        # able to mint the users' tokens.
+        self.secret = secret if secret is not None else settings.resolved_service_secret()
         self.rng = rng if rng is not None else random.Random()
         self.backoff = backoff if backoff is not None else Backoff()
         self._urls = {ORDER: settings.order_service_url,
@@ -156,12 +158,21 @@ class Dispatcher:
         return bool(finished)
 
     async def _deliver(self, shard: int, row: OutboxRow, base: str) -> None:
-        try:
-            status, error = await self._post(base + row.path, row)
-        except Exception as e:  # e.g. an invalid URL: keep the row, try again later
-            status, error = None, type(e).__name__
         attempts = row.attempts + 1
-        outcome = decide(status, attempts, self.settings.outbox_max_attempts)
+        status: int | None
+        error: str | None
+        try:
+            request = self._request(base + row.path, row)
+        except (httpx.InvalidURL, ValueError, UnicodeError) as e:
+            # It would fail the same way every time: a dead letter now, not a retry forever.
+            status, error = None, f"the request cannot be built: {e}"[:ERROR_TEXT_CHARS]
+            outcome = Outcome.DEAD
+        else:
+            try:
+                status, error = await self._send(request)
+            except Exception as e:  # a bug or a transport surprise: keep the row, retry later
+                status, error = None, type(e).__name__
+            outcome = decide(status, attempts, self.settings.outbox_max_attempts)
         now = self.clock()
         next_at = now + self.backoff.delay(attempts, self.rng) if outcome is Outcome.RETRY else now
         self._note(row, outcome, status, error, attempts)
@@ -169,15 +180,19 @@ class Dispatcher:
         self._finished.append(_Mark(shard, OutboxMark(row.id, outcome, now, next_at, reason)))
         self._wake.set()
 
-    async def _post(self, url: str, row: OutboxRow) -> tuple[int | None, str | None]:
+    def _request(self, url: str, row: OutboxRow) -> httpx.Request:
         assert self._client is not None
         headers = {
             "Idempotency-Key": row.idempotency_key,
             "Authorization": f"Bearer {self._bearer()}",
             "Content-Type": "application/json",
         }
+        return self._client.build_request("POST", url, content=row.body, headers=headers)
+
+    async def _send(self, request: httpx.Request) -> tuple[int | None, str | None]:
+        assert self._client is not None
         try:
-            resp = await self._client.post(url, content=row.body, headers=headers)
+            resp = await self._client.send(request)
         except httpx.TimeoutException:
             return None, f"timeout after {self.settings.outbox_timeout_s:g} s"
         except httpx.HTTPError as e:
@@ -287,3 +302,20 @@ class Dispatcher:
         for store in self._stores or []:
             store.close()
         self._stores = None
+
+
+# The settings the dispatcher reads (directly, or through StoreSpec.from_settings): all that the
+# outbox dispatcher actor is sent. A setting added later is not sent until it is named here;
+# tests/unit/test_dispatcher_settings.py makes every new setting take a side.
+DISPATCHER_SETTINGS = frozenset({
+    "data_dir", "store_url", "shards", "journal", "order_service_url",
+    "notification_service_url", "outbox_max_attempts", "outbox_timeout_s", "service_secret",
+})
+
+
+def dispatcher_settings(settings: Settings) -> str:
+    """What a dispatcher in another process is sent (JSON): only the settings it uses, the
+    service secret resolved here (every node then signs with the same one), never the users'
+    JWT secret."""
+    used = settings.model_copy(update={"service_secret": settings.resolved_service_secret()})
+    return used.model_dump_json(include=set(DISPATCHER_SETTINGS))

@@ -158,6 +158,8 @@ class ShardHost:
         """
         shard = self.shard
         with self._cond:
+            if shard.stale:
+                return False  # memory holds a batch the store refused
             generation = shard.generation
             upto = shard.journal_high()
             sessions = list(shard.sessions.values())
@@ -166,12 +168,12 @@ class ShardHost:
             if between_slices is not None and i > 0:
                 between_slices()
             with self._cond:
-                if shard.generation != generation:
-                    return False  # reloaded after a failed commit: these objects may be ahead
+                if shard.generation != generation or shard.stale:
+                    return False  # a failed commit: these objects may be ahead of the store
                 rows = shard.checkpoint_rows(sessions[i : i + CHECKPOINT_SLICE])
             chunks.append(orjson.dumps(rows))
         with self._cond:
-            if shard.generation != generation:
+            if shard.generation != generation or shard.stale:
                 return False
         shard.store.write_checkpoint(upto, len(sessions), chunks)
         return True

@@ -99,7 +99,17 @@ class HistoryPage(msgspec.Struct, frozen=True, array_like=True, tag=True):
     items: list[HistoryItem]
 
 
-Reply = bytes | int | None | Watched | RiderHit | ShardStats | HistoryPage | BatchAnswer
+class Resumed(msgspec.Struct, frozen=True, array_like=True, tag=True):
+    """A start repeated by the rider of the order's live session: that session's view (a new
+    start answers the new session's view as bytes)."""
+
+    view: bytes
+
+
+Reply = (
+    bytes | int | None | Watched | RiderHit | ShardStats | HistoryPage | Resumed
+    | BatchAnswer
+)
 
 
 class Ok(msgspec.Struct, frozen=True, array_like=True, tag=True):
@@ -122,7 +132,7 @@ class Command(msgspec.Struct, Generic[R], frozen=True, array_like=True, tag=True
     """A command for a shard; `R` is the type of the value its `Ok` carries."""
 
 
-class Start(Command[bytes], frozen=True, array_like=True, tag=True):
+class Start(Command[bytes | Resumed], frozen=True, array_like=True, tag=True):
     order_id: str
     rider_id: str
     dropoff_lat: float

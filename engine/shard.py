@@ -41,6 +41,7 @@ from engine.protocol import (
     Ping,
     Reply,
     Result,
+    Resumed,
     RiderHit,
     RiderLookup,
     ShardStats,
@@ -67,6 +68,9 @@ GATEWAY_QUEUE_MAX = 200_000
 # Sessions purged per sweep: each walks its history chain in the store, so a wave of expiries is
 # spread over several sweeps instead of pausing the shard.
 PURGE_PER_SWEEP = 500
+# After a failed commit: the first reload waits this long, each failing round doubles it.
+RELOAD_BACKOFF_S = 0.5
+RELOAD_BACKOFF_MAX_S = 30.0
 
 
 @dataclass
@@ -137,23 +141,62 @@ class Shard:
         self._next_id = 1  # the next journal id
         self.write_error: str | None = None  # why the last commit failed, until one succeeds
         self.generation = 0  # grows with each (re)load from the store
+        # After a failed commit memory is ahead of the store: every command is refused until
+        # one reload from the store succeeds, tried no sooner than `_reload_at` (backoff).
+        self.stale = False
+        self._reload_at = 0.0
+        self._reload_backoff_s = RELOAD_BACKOFF_S
+        self._last_commit_ok = True
         self._load()
 
     # -- loading ------------------------------------------------------------------------------
     def _load(self) -> None:
+        # Read everything first: a store that fails to load leaves memory as it was.
+        loaded = sorted(self.store.load_sessions(self.lt), key=_started)
+        high = self.store.journal_high()
         self.generation += 1
         self.sessions.clear()
         self.by_order.clear()
         self.by_rider.clear()
         self._timers.clear()
         # `_expired` survives a reload: watchers were told already and must not be told twice.
-        for s in sorted(self.store.load_sessions(self.lt), key=_started):
+        for s in loaded:
             self._index(s)
         for tid, per in self.presence.items():
             watched = self.sessions.get(tid)
             if watched is not None:
                 watched.watchers = sum(per.values())
-        self._next_id = self.store.journal_high() + 1
+        self._next_id = high + 1
+
+    def _recover(self) -> bool:
+        """While stale, reload from the store when the backoff allows; True once fresh."""
+        if not self.stale:
+            return True
+        now = self.clock()
+        if now < self._reload_at:
+            return False
+        try:
+            self._load()
+        except Exception as e:
+            self.write_error = f"{self.write_error}; reloading failed too: {type(e).__name__}: {e}"
+            self._reload_backoff_s = min(RELOAD_BACKOFF_MAX_S, self._reload_backoff_s * 2)
+            self._reload_at = now + self._reload_backoff_s
+            log.exception("shard %d could not reload from its store; next try in %.1f s",
+                          self.cfg.index, self._reload_backoff_s)
+            return False
+        self.stale = False
+        log.info("shard %d reloaded from its store after a failed commit", self.cfg.index)
+        return True
+
+    def _refuse_all(self, commands: Sequence[AnyCommand]) -> list[Result]:
+        err = Unavailable(
+            f"shard {self.cfg.index} cannot write its journal ({self.write_error}); retry shortly"
+        )
+        return [
+            Ok(len(self.sessions)) if isinstance(cmd, Ping) and not cmd.writable
+            else Err(err.code, err.detail)
+            for cmd in commands
+        ]
 
     def _index(self, s: Session) -> None:
         self.sessions[s.tracking_id] = s
@@ -164,6 +207,8 @@ class Shard:
     # -- commands -----------------------------------------------------------------------------
     def handle(self, commands: Sequence[AnyCommand]) -> list[Result]:
         """Apply a batch, journal it in one transaction, then publish its events."""
+        if self.stale and not self._recover():
+            return self._refuse_all(commands)
         now = self.clock()
         results: list[Result] = []
         batch = _Batch()
@@ -181,11 +226,23 @@ class Shard:
                 self.write_error = None
             except Exception as e:
                 self.write_error = f"{type(e).__name__}: {e}"
-                log.exception("journal commit failed; reloading shard %d", self.cfg.index)
-                self._load()
+                # Memory holds the batch the store refused. Reloading it all for every batch
+                # would turn a full disk into a stall under the lock: refuse everything until
+                # one reload, after a backoff that grows while commits keep failing.
+                if not self.stale:
+                    self._reload_backoff_s = (
+                        RELOAD_BACKOFF_S if self._last_commit_ok
+                        else min(RELOAD_BACKOFF_MAX_S, self._reload_backoff_s * 2)
+                    )
+                self.stale = True
+                self._last_commit_ok = False
+                self._reload_at = now + self._reload_backoff_s
+                log.exception("journal commit failed; shard %d reloads in %.1f s",
+                              self.cfg.index, self._reload_backoff_s)
                 # Every answer of the batch may have seen the unjournaled state: refuse them all.
                 failed = Unavailable("the journal could not be written; retry")
                 return [Err(failed.code, failed.detail) for _ in commands]
+            self._last_commit_ok = True
         if batch.resumes:
             self._resume(batch, results)
         for tid, kind, seq, frame in batch.events:
@@ -319,13 +376,17 @@ class Shard:
     def _owed(self, s: Session, ch: Change) -> list[OutboxItem]:
         return owed_calls(s, ch, self.cfg.order_service, self.cfg.notification_service)
 
-    def _start(self, cmd: Start, now: float, batch: _Batch) -> bytes:
+    def _start(self, cmd: Start, now: float, batch: _Batch) -> bytes | Resumed:
         existing = self.by_order.get(cmd.order_id)
         if existing is not None:
             old = self.sessions.get(existing)
             if old is not None and old.is_live(now, self.lt):
+                # A retried start by the order's rider gets its session back; anyone else learns
+                # nothing of it (its id would open its public live feed).
+                if old.rider_id == cmd.rider_id:
+                    return Resumed(encode_view(old.view()))
                 raise Conflict(
-                    f"Order {cmd.order_id} already has a live tracking session ({existing})"
+                    f"Order {cmd.order_id} already has a live tracking session of another rider"
                 )
         tid = new_tracking_id(self.cfg.index, self.cfg.n_shards)
         s = Session(
@@ -457,6 +518,8 @@ class Shard:
     # -- time ---------------------------------------------------------------------------------
     def sweep(self) -> list[str]:
         """Expire and purge what is due; drop gateways that stopped polling. Returns expired ids."""
+        if self.stale and not self._recover():
+            return []  # memory is ahead of the store: announce nothing from it
         now = self.clock()
         expired: list[str] = []
         purge: list[tuple[str, int]] = []

@@ -80,6 +80,7 @@ class ServerProcess:
     workers: int = 1
     data_dir: str = ""
     secret: str = ""
+    service_secret: str = ""  # signs the service token the order/notification services get
     startup_timeout_s: float = 90.0
     log_path: str = ""
     extra_args: tuple[str, ...] = ()
@@ -126,7 +127,14 @@ class ServerProcess:
             self.data_dir = self._tmp.name
         if not self.secret:
             self.secret = self.env.get("TRACKING_JWT_SECRET") or secrets.token_urlsafe(32)
-        env = {**os.environ, "TRACKING_DATA_DIR": self.data_dir, "TRACKING_JWT_SECRET": self.secret}
+        if not self.service_secret:
+            self.service_secret = (
+                self.env.get("TRACKING_SERVICE_SECRET") or secrets.token_urlsafe(32)
+            )
+        env = {
+            **os.environ, "TRACKING_DATA_DIR": self.data_dir, "TRACKING_JWT_SECRET": self.secret,
+            "TRACKING_SERVICE_SECRET": self.service_secret,
+        }
         env.update(self.env)
         if not self.log_path:
             self.log_path = str(Path(self.data_dir) / f"server-{self.port}.log")
@@ -166,6 +174,21 @@ class ServerProcess:
             return "\n".join(Path(self.log_path).read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no log)"
+
+    def engine_pids(self, kind: str = "_ShardActor") -> list[int]:
+        """The server's Ray actor processes of one kind (`_ShardActor`, `_DispatcherActor`) when
+        it runs its own Ray instance (they are below it in the process tree); oldest first."""
+        if self.proc is None or self.proc.poll() is not None:
+            return []
+        out = []
+        for pid in descendants(self.proc.pid):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if f.read().startswith(b"ray::" + kind.encode()):
+                        out.append(pid)
+            except OSError:
+                continue
+        return sorted(out)
 
     def kill(self) -> None:
         """SIGKILL the server and every process it started: a crash, not a shutdown.

@@ -101,6 +101,11 @@ class StreamCheck:
         return self.status == "DELIVERED" and self._pending_status is None
 
     @property
+    def awaiting_status_change(self) -> bool:
+        """A location_update changed the status; its status_change has not come yet."""
+        return self._pending_status is not None
+
+    @property
     def problems(self) -> int:
         return (
             self.gaps + self.out_of_order + self.duplicates + self.status_errors
@@ -125,6 +130,18 @@ class StreamCheck:
         self._recounted = self.last_seq  # received once already: its replay is not counted
         self.last_seq -= 1
         return self.last_seq
+
+    def bridge(self, upto_seq: int, status: str) -> int:
+        """The watcher read the seqs after `last_seq` up to `upto_seq` from the session's history
+        (the server sent a newer state after losing events, e.g. when a shard restarted): they
+        count as seen, not lost. Returns how many were bridged."""
+        if self.last_seq is None or upto_seq <= self.last_seq:
+            return 0
+        n = upto_seq - self.last_seq
+        self.last_seq = upto_seq
+        self.status = status
+        self._pending_status = None
+        return n
 
     def feed(self, msg: dict[str, Any]) -> None:
         kind = msg.get("type")

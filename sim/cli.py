@@ -155,6 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ScenarioError, ValueError, OSError) as e:
         print(f"tracking sim: {e}", file=sys.stderr)
         return 2
+    if cfg.server_faults and a.url:
+        print("tracking sim: kill_shard and restart_server need a server this run starts"
+              " (leave out --url)", file=sys.stderr)
+        return 2
     out = a.out or f"out/sim-{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     target = Target(

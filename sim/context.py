@@ -49,6 +49,11 @@ class SliceConfig:
     watchers_ready_timeout_s: float = 60.0
     tail_grace_s: float = 120.0  # after the rider is done, how long its watchers may lag
     request_timeout_s: float = 30.0
+    # The server's processes are killed during the run (kill_shard, restart_server): riders
+    # retry what a restarting server refused, as a rider app does, and watchers reconnect and
+    # catch up from the history; what failed meanwhile is counted apart from errors.
+    survive_outages: bool = False
+    outage_retry_s: float = 120.0  # how long a rider keeps retrying one update
 
 
 class SessionTrack:
@@ -63,6 +68,7 @@ class SessionTrack:
     """
 
     __slots__ = (
+        "acked",
         "acked_seq",
         "approach_guess",
         "approach_seen",
@@ -91,6 +97,9 @@ class SessionTrack:
         self.rider_id = rider_id
         self.phone = phone
         self.acked_seq = 1
+        # seq -> (lat, lng, status) of every update the server acknowledged: checked against
+        # the session's history at the end (nothing accepted may be lost).
+        self.acked: dict[int, tuple[float, float, str | None]] = {}
         self.sent_at: dict[int, float] = {}
         self.final_seq: int | None = None
         self.statuses: list[str] = []  # status changes the server acknowledged, in order

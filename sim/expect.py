@@ -30,6 +30,9 @@ EXPECTATIONS: dict[str, tuple[str, str, str | None]] = {
     "notifications": ("notifications_ok", "min", "notifications_expected"),
     "integration_problems": ("integration_problems", "max", None),
     "latency_p99_ms": ("latency_p99_ms", "max", None),
+    "accepted_lost": ("accepted_lost", "max", None),
+    "accepted_checked": ("accepted_checked", "min", "updates_acknowledged"),
+    "faults_done": ("faults_done", "min", "faults_planned"),
 }
 
 

@@ -77,7 +77,38 @@ async def _delivery(ctx: Ctx, index: int, start_after_s: float) -> None:
         ctx.metrics.error("watchers_not_ready", track.tracking_id)
     await ride(ctx, plan, track, use_ws)
     await _finish_watchers(ctx, track, watchers)
+    await _check_accepted(ctx, track)
     ctx.metrics.sessions.append(_outcome(ctx, track))
+
+
+async def _check_accepted(ctx: Ctx, track: SessionTrack) -> None:
+    """Nothing the server acknowledged may be lost: every acknowledged update is in the
+    session's history, with the location (and status) the rider sent, whatever crashed."""
+    m = ctx.metrics
+    items: dict[int, dict[str, Any]] = {}
+    since: int | None = 0
+    try:
+        while since is not None:
+            r = await ctx.http.get(f"/tracking/{track.tracking_id}/history",
+                                   params={"since_seq": since, "limit": 1000})
+            if r.status_code != 200:
+                m.error(f"accepted_check_{r.status_code}", track.tracking_id)
+                return
+            page = r.json()
+            items.update((i["seq"], i) for i in page.get("items") or [])
+            since = page.get("next_since_seq")
+    except httpx.HTTPError as e:
+        m.error(f"accepted_check_{type(e).__name__}", track.tracking_id)
+        return
+    for seq, (lat, lng, status) in track.acked.items():
+        m.counts["accepted_checked"] += 1
+        got = items.get(seq)
+        if got is None or (got.get("lat"), got.get("lng")) != (lat, lng) or (
+            status is not None and got.get("status") != status
+        ):
+            m.counts["accepted_lost"] += 1
+            m.violation(f"{track.tracking_id}: acknowledged seq {seq} is not in the history as"
+                        f" sent ({got!r})")
 
 
 async def _finish_watchers(

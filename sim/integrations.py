@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote
 
 import jwt
 
@@ -140,7 +141,7 @@ def _check_order(
 
 def _order_problems(exp: Expected, req: RecordedRequest, secret: str | None) -> str:
     body = req.body if isinstance(req.body, dict) else {}
-    if (req.method, req.path) != ("POST", f"/orders/{exp.order_id}/status"):
+    if req.method != "POST" or order_of(req.path) != exp.order_id:
         return f"went to {req.method} {req.path}"
     if req.idempotency_key != exp.order_key:
         return f"Idempotency-Key {req.idempotency_key!r}, want {exp.order_key!r}"
@@ -151,6 +152,15 @@ def _order_problems(exp: Expected, req: RecordedRequest, secret: str | None) -> 
     if role != "service":
         return f"bearer token role {role!r}, want 'service'"
     return ""
+
+
+def order_of(path: str) -> str | None:
+    """The order id a `/orders/{order_id}/status` path names (percent-decoded), or None when the
+    path is not one: the id must arrive as exactly one encoded segment."""
+    parts = path.split("/")
+    if len(parts) != 4 or parts[:2] != ["", "orders"] or parts[3] != "status":
+        return None
+    return unquote(parts[2], errors="strict")
 
 
 def _token_role(header: str, secret: str | None) -> str | None:

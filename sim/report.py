@@ -21,6 +21,7 @@ def build_report(
     integrations: dict[str, Any] | None,
     target: dict[str, Any],
     failed: list[str] | None = None,
+    faults: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     c = m.counts
     lag = summary_ms(list(m.loop_lag_s))
@@ -86,6 +87,16 @@ def build_report(
             ),
         },
         "errors": dict(sorted(m.errors.items())),
+        "accepted": {"checked": c["accepted_checked"], "lost": c["accepted_lost"]},
+        "server_faults": {
+            "planned": len(cfg.server_faults),
+            "done": faults or [],
+            "transient_failures": c["transient_failures"],
+            "watcher_disconnects": c["outage_disconnects"],
+            "watcher_reconnects": c["outage_reconnects"],
+            "gaps_bridged_from_history": c["gaps_bridged"],
+            "state_resent": c["resync_repeats"],
+        },
         "integrations": integrations,
         "violations": m.violations,
         "timeline": m.timeline(),
@@ -160,6 +171,11 @@ def figures(r: dict[str, Any]) -> dict[str, float | None]:
         "notifications_ok": notes.get("ok"),
         "integration_problems": problems,
         "latency_p99_ms": r["latency_ms"]["p99"],
+        "updates_acknowledged": r["updates"]["acknowledged"],
+        "accepted_checked": r["accepted"]["checked"],
+        "accepted_lost": r["accepted"]["lost"],
+        "faults_planned": r["server_faults"]["planned"],
+        "faults_done": len([f for f in r["server_faults"]["done"] if f.get("ok")]),
     }
 
 
@@ -201,7 +217,20 @@ def render_table(r: dict[str, Any]) -> str:
         ("simulator memory", "{max_rss_mb} MB peak RSS in {processes} process(es), "
                              "{rss_kb_per_peak_socket} KB per open socket".format(**sim)),
         ("errors", ", ".join(f"{k} {v}" for k, v in r["errors"].items()) or "none"),
+        ("accepted", "{checked} acknowledged updates checked in the history, {lost} lost".format(
+            **r["accepted"])),
     ]  # fmt: skip
+    sf = r["server_faults"]
+    for f in sf["done"]:
+        rows.append(("server fault", f["what"]))
+    if sf["planned"]:
+        rows.append((
+            "while faulted",
+            f"{sf['transient_failures']} updates refused or dropped and retried, "
+            f"{sf['watcher_disconnects']} watcher sockets dropped, "
+            f"{sf['watcher_reconnects']} came back, {sf['gaps_bridged_from_history']} seqs "
+            f"read from history, {sf['state_resent']} current states re-sent",
+        ))
     integ = r.get("integrations")
     if integ:
         rows.append((

@@ -243,33 +243,57 @@ async def _send(
     recorded_at: float | None = None, send: Send | None = None,
 ) -> bool:
     """Send one update; after a failure that leaves it unknown whether the server applied it,
-    look at the session and send again if not (as a rider app retries), up to 3 times."""
-    m = ctx.metrics
+    look at the session and send again if not (as a rider app retries), up to 3 times. While
+    the server's processes are being killed (`survive_outages`), keep retrying what a
+    restarting server refuses or drops, with backoff, for up to `outage_retry_s`."""
+    m, cfg = ctx.metrics, ctx.cfg
     body = u.body(recorded_at)
     want = track.acked_seq + 1
     m.counts["updates_sent"] += 1
     m.counts[f"updates_sent_{via}"] += 1
     resynced = False
-    for attempt in range(3):
+    give_up_at = time.monotonic() + cfg.outage_retry_s if cfg.survive_outages else None
+    pause = 0.2
+    attempt = 0
+    view: dict[str, Any] | None = None
+    sent = time.monotonic()
+    while view is None:
         sent = time.monotonic()
         track.sent_at[want] = sent
         m.sent_per_s[int(ctx.now())] += 1
         if attempt:
             m.counts["update_retries"] += 1
+        attempt += 1
         try:
             view = await reporter.send(body)
-            break
         except Refused as e:
-            del track.sent_at[want]
-            m.error(f"update_refused_{e.code}", f"{track.tracking_id} seq {want}: {e.detail}")
-            return False
+            if give_up_at is None or not _transient(e) or time.monotonic() >= give_up_at:
+                del track.sent_at[want]
+                m.error(f"update_refused_{e.code}", f"{track.tracking_id} seq {want}: {e.detail}")
+                return False
+            # A shard that died mid-batch answers 503 whether or not it had journaled it.
+            m.counts["transient_failures"] += 1
+            view, resynced = await _applied_after_outage(ctx, track, want, give_up_at)
         except Uncertain as e:
-            m.error(f"update_uncertain_{e}", f"{track.tracking_id} seq {want} t={ctx.now():.0f}s")
-            current = await _current_view(ctx, track)
-            if current is not None and current.get("seq", 0) >= want:
-                view, resynced = current, True  # it was applied; the watchers saw it
+            if give_up_at is not None:
+                m.counts["transient_failures"] += 1
+                view, resynced = await _applied_after_outage(ctx, track, want, give_up_at)
+            else:
+                m.error(f"update_uncertain_{e}",
+                        f"{track.tracking_id} seq {want} t={ctx.now():.0f}s")
+                current = await _current_view(ctx, track)
+                if current is not None and current.get("seq", 0) >= want:
+                    view, resynced = current, True  # it was applied; the watchers saw it
+                    continue
+                if attempt >= 3:
+                    break
+        if view is None and give_up_at is not None:
+            if time.monotonic() >= give_up_at:
+                m.error("update_gave_up", f"{track.tracking_id} seq {want} t={ctx.now():.0f}s")
                 break
-    else:
+            await asyncio.sleep(pause)
+            pause = min(2.0, pause * 2)
+    if view is None:
         del track.sent_at[want]
         return False
     if not resynced:
@@ -296,6 +320,7 @@ async def _send(
         track.sent_at[seq] = track.sent_at.pop(want)
     if isinstance(seq, int):
         track.acked_seq = max(track.acked_seq, seq)
+        track.acked[seq] = (u.lat, u.lng, u.status)
     if u.status is not None:
         if view.get("status") == u.status:
             track.statuses.append(u.status)
@@ -346,12 +371,14 @@ async def _send_batch(
     for k in range(len(fixes)):
         if want + k not in used:
             track.sent_at.pop(want + k, None)
-    for r in results:
+    for u, r in zip(send.fixes, results, strict=False):
         if r.get("filtered"):
             m.counts["fixes_filtered"] += 1
             m.counts[f"fixes_filtered_{r['filtered']}"] += 1
         if r.get("late"):
             m.counts["batch_late"] += 1
+        if r.get("kept") and isinstance(r.get("seq"), int):
+            track.acked[r["seq"]] = (u.lat, u.lng, u.status)
     m.counts["updates_acked"] += sum(1 for r in results if r.get("kept"))
     _steps_to(track, view.get("status"))
     _note_approach(track, view, exact=False)
@@ -383,6 +410,30 @@ def _note_approach(track: SessionTrack, view: dict[str, Any], exact: bool) -> No
         track.approach_guess = str(status) if exact or status else None
 
 
+async def _applied_after_outage(
+    ctx: Ctx, track: SessionTrack, want: int, give_up_at: float
+) -> tuple[dict[str, Any] | None, bool]:
+    """After a failed send while the server's processes are being killed: wait until the
+    session can be read again, then say whether the update was applied after all (its view,
+    True) or not (None: send it again). Never resend blind: that would apply it twice."""
+    pause = 0.2
+    while True:
+        current = await _current_view(ctx, track, quiet=True)
+        if current is not None:
+            if current.get("seq", 0) >= want:
+                return current, True
+            return None, False
+        if time.monotonic() >= give_up_at:
+            return None, False
+        await asyncio.sleep(pause)
+        pause = min(2.0, pause * 2)
+
+
+def _transient(e: Refused) -> bool:
+    """A refusal a restarting server gives, that the same update may get past later."""
+    return e.code in ("503", "429") or (e.code == "ws" and "retry" in e.detail.lower())
+
+
 async def _send_invalid(ctx: Ctx, reporter: Reporter, u: Update, status: str, allowed: str) -> None:
     m = ctx.metrics
     m.counts["invalid_sent"] += 1
@@ -400,15 +451,20 @@ async def _send_invalid(ctx: Ctx, reporter: Reporter, u: Update, status: str, al
     m.error("invalid_accepted", f"{status} was accepted")
 
 
-async def _current_view(ctx: Ctx, track: SessionTrack) -> dict[str, Any] | None:
-    """After an uncertain send: the session as the server has it now, if it answers."""
+async def _current_view(
+    ctx: Ctx, track: SessionTrack, quiet: bool = False
+) -> dict[str, Any] | None:
+    """After an uncertain send: the session as the server has it now, if it answers (`quiet`:
+    while the server restarts, not answering is expected, and not an error)."""
     try:
         r = await ctx.http.get(f"/tracking/{track.tracking_id}")
     except httpx.HTTPError as e:
-        ctx.metrics.error(f"resync_{type(e).__name__}", track.tracking_id)
+        if not quiet:
+            ctx.metrics.error(f"resync_{type(e).__name__}", track.tracking_id)
         return None
     if r.status_code != 200 or not isinstance(r.json().get("seq"), int):
-        ctx.metrics.error(f"resync_{r.status_code}", track.tracking_id)
+        if not quiet:
+            ctx.metrics.error(f"resync_{r.status_code}", track.tracking_id)
         return None
     view: dict[str, Any] = r.json()
     return view

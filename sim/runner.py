@@ -7,7 +7,9 @@ import asyncio
 import multiprocessing
 import os
 import queue
+import random
 import secrets
+import signal
 import subprocess
 import sys
 import threading
@@ -26,7 +28,7 @@ from sim.fleet import run_slice
 from sim.integrations import IntegrationReport, check_calls, expected_calls
 from sim.phone import Noise
 from sim.report import build_report, figures
-from sim.scenario import RunConfig
+from sim.scenario import Fault, RunConfig, ScenarioError
 from sim.stats import Metrics
 from sim.stubs import IntegrationStubs
 
@@ -36,6 +38,8 @@ class Target:
     url: str | None = None  # None: start a server (and the stubs) for this run
     secret: str | None = None  # signs tokens; for an external server, its TRACKING_JWT_SECRET
     stubs: IntegrationStubs | None = None  # stubs an external server was started against
+    # verifies the service token the stubs receive (that server's TRACKING_SERVICE_SECRET)
+    service_secret: str | None = None
     server_log: str = ""  # where the server this run starts writes its log (default: data dir)
     log: TextIO = sys.stderr
 
@@ -54,13 +58,22 @@ def run(cfg: RunConfig, target: Target) -> dict[str, Any]:
                 ServerProcess(env=env, workers=cfg.server_workers, log_path=target.server_log)
             )
             base, ws, secret, fallback = srv.base_url, srv.ws_url, srv.secret, None
+            service_secret: str | None = srv.service_secret
         else:
             base = target.url.rstrip("/")
             ws = "ws" + base.removeprefix("http")
             secret = target.secret or os.environ.get("TRACKING_JWT_SECRET")
             fallback = None if secret else _cli_token()
+            service_secret = target.service_secret
         if stubs is not None:
             stack.enter_context(_receiver_faults(cfg, stubs))
+        done_faults: list[dict[str, Any]] = []
+        if cfg.server_faults:
+            if target.url is not None:
+                raise ScenarioError(
+                    "kill_shard and restart_server need a server this run starts (no --url)"
+                )
+            stack.enter_context(_server_faults(cfg, srv, done_faults, target.log))
         t0 = time.monotonic()
         base_slice = SliceConfig(
             base_url=base,
@@ -86,6 +99,7 @@ def run(cfg: RunConfig, target: Target) -> dict[str, Any]:
             device_time=cfg.device_time,
             noise=Noise(cfg.jump_ratio, cfg.duplicate_ratio, cfg.late_ratio),
             offline=cfg.deliveries_with("rider_offline"),
+            survive_outages=bool(cfg.server_faults),
             **_reconnect_settings(cfg),
             **_offline_settings(cfg),
         )
@@ -99,12 +113,13 @@ def run(cfg: RunConfig, target: Target) -> dict[str, Any]:
         duration = time.monotonic() - t0
         integ: dict[str, Any] | None = None
         if stubs is not None:
-            integ = _wait_integrations(cfg, stubs, metrics, secret, target.log).as_dict()
+            integ = _wait_integrations(cfg, stubs, metrics, service_secret, target.log).as_dict()
         info = {"url": base, "started_by_sim": target.url is None, "procs": cfg.procs}
         if target.url is None:
             info["server_log"] = srv.log_path
         info["server_stats"] = _server_stats(base, secret)
-        report = build_report(cfg, metrics, duration_s=duration, integrations=integ, target=info)
+        report = build_report(cfg, metrics, duration_s=duration, integrations=integ, target=info,
+                              faults=done_faults)
         report["failed_expectations"] = evaluate(cfg.expect, figures(report))
         return report
 
@@ -151,6 +166,94 @@ def _receiver_faults(cfg: RunConfig, stubs: IntegrationStubs) -> Iterator[None]:
     finally:
         for t in timers:
             t.cancel()
+
+
+@contextmanager
+def _server_faults(
+    cfg: RunConfig, srv: ServerProcess, done: list[dict[str, Any]], log: TextIO
+) -> Iterator[None]:
+    """kill_shard and restart_server, each on its own timer; what was done goes to `done`."""
+    rng = random.Random(f"server-faults:{cfg.seed}")
+    lock = threading.Lock()  # one fault at a time: a restart replaces the process tree
+    t0 = time.monotonic()
+
+    def note(kind: str, ok: bool, what: str, began: float, **figures: float) -> None:
+        at = began - t0
+        done.append({"kind": kind, "at_s": round(at, 1), "ok": ok, "what": f"t={at:.0f}s {what}",
+                     **figures})
+        print(f"sim: {what}", file=log)
+
+    def kill_shard() -> None:
+        with lock:
+            began = time.monotonic()
+            pids = srv.engine_pids("_ShardActor")
+            if not pids:
+                note("kill_shard", False, "kill_shard: no shard actor below the server (it"
+                     " must run its own Ray instance)", began)
+                return
+            pid = rng.choice(pids)
+            os.kill(pid, signal.SIGKILL)
+            killed = time.monotonic()
+            back = _answers_again(srv.base_url, deadline_s=120)
+            took = time.monotonic() - killed
+            note("kill_shard", back, f"SIGKILL shard actor pid {pid} (of {len(pids)}); the"
+                 f" service answered /health again after {took:.1f} s", began,
+                 recovery_s=round(took, 2))
+
+    def restart(f: Fault) -> None:
+        with lock:
+            family = len(srv.engine_pids("_ShardActor"))
+            killed = time.monotonic()
+            srv.kill()
+            time.sleep(f.down_for_s)
+            try:
+                srv.start()
+            except RuntimeError as e:
+                note("restart_server", False, f"restart_server: the server did not come back:"
+                     f" {e}", killed)
+                return
+            took = time.monotonic() - killed
+            note("restart_server", True, f"SIGKILL the server and every process below it"
+                 f" ({family} shard actors among them), started again on the same data dir"
+                 f" and port: serving after {took:.1f} s", killed, recovery_s=round(took, 2))
+
+    timers: list[threading.Timer] = []
+    for f in cfg.server_faults:
+        if f.kind == "kill_shard":
+            timers.append(threading.Timer(f.at_s, kill_shard))
+        else:
+            timers.append(threading.Timer(f.at_s, restart, (f,)))
+    for t in timers:
+        t.daemon = True
+        t.start()
+    try:
+        yield
+    finally:
+        for t in timers:
+            t.cancel()
+        for t in timers:
+            t.join(timeout=180)
+
+
+def _health(base: str) -> int:
+    try:
+        return httpx.get(base + "/health", timeout=5).status_code
+    except httpx.HTTPError:
+        return 0
+
+
+def _answers_again(base: str, deadline_s: float) -> bool:
+    """After a kill: wait until the service notices (not 200, up to 2 s), then until it answers
+    200 again."""
+    noticed = time.monotonic() + 2.0
+    while time.monotonic() < noticed and _health(base) == 200:
+        time.sleep(0.02)
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        if _health(base) == 200:
+            return True
+        time.sleep(0.1)
+    return False
 
 
 def _wait_integrations(

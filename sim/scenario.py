@@ -18,8 +18,10 @@ from sim.route import City
 
 FAULT_KINDS = (
     "watcher_reconnect", "invalid_transition", "receiver_down", "receiver_failing",
-    "rider_offline",
+    "kill_shard", "restart_server", "rider_offline",
 )
+# Faults done to the server's processes: only to a server this run started itself.
+SERVER_FAULTS = ("kill_shard", "restart_server")
 SERVICES = ("orders", "notifications")
 ROLES = ("customer", "merchant", "ops", "public")
 
@@ -41,6 +43,7 @@ class Fault:
     seconds: float | None = None  # receiver faults: how long
     calls: int | None = None  # receiver_failing: how many calls
     status: int = 503  # receiver_failing: what to answer (0: drop the connection)
+    down_for_s: float = 0.0  # restart_server: how long the server stays down before it restarts
 
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS:
@@ -102,6 +105,11 @@ class RunConfig:
 
     def fault(self, kind: str) -> Fault | None:
         return next((f for f in self.faults if f.kind == kind), None)
+
+    @property
+    def server_faults(self) -> tuple[Fault, ...]:
+        """Faults done to the server's processes (kill_shard, restart_server)."""
+        return tuple(f for f in self.faults if f.kind in SERVER_FAULTS)
 
 
 _FLEET_KEYS = {

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
+from urllib.parse import unquote
 
 from harness import free_port
 
@@ -68,11 +69,15 @@ class _Handler(BaseHTTPRequestHandler):
     def _handle(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
-        status = self.server.stub._record(self.command, self.path, dict(self.headers.items()), raw)
+        stub = self.server.stub
+        status = stub._record(self.command, self.path, dict(self.headers.items()), raw)
         if status == 0:
             self.close_connection = True
             return
         payload = json.dumps({"ok": status < 300} if status < 300 else {"detail": "stub failing"})
+        order = stub._order(self.command, self.path) if status < 300 else None
+        if order is not None:
+            status, payload = order
         data = payload.encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -104,6 +109,7 @@ class StubService:
         self._lock = threading.Lock()
         self._requests: list[RecordedRequest] = []
         self._failure: _Failure | None = None
+        self._orders: dict[str, dict[str, str]] = {}
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._revive: threading.Timer | None = None
@@ -135,6 +141,22 @@ class StubService:
     def clear_failing(self) -> None:
         with self._lock:
             self._failure = None
+
+    def set_order(self, order_id: str, rider_id: str) -> None:
+        """Answer `GET /orders/{order_id}` (the id percent-encoded) with the order naming
+        `rider_id`, as the order service of the start check does; other orders are 404."""
+        with self._lock:
+            self._orders[order_id] = {"order_id": order_id, "rider_id": rider_id}
+
+    def _order(self, method: str, path: str) -> tuple[int, str] | None:
+        parts = path.split("?", 1)[0].split("/")
+        if method != "GET" or len(parts) != 3 or parts[1] != "orders":
+            return None
+        with self._lock:
+            order = self._orders.get(unquote(parts[2]))
+        if order is None:
+            return 404, json.dumps({"detail": "no such order"})
+        return 200, json.dumps(order)
 
     def go_down(self, seconds: float) -> None:
         """Close the listener (connections are refused) and come back on the same port later."""

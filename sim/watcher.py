@@ -64,9 +64,20 @@ async def watch(ctx: Ctx, track: SessionTrack, role: str, number: int) -> None:
             # One timeout around the loop: wait_for() per message would cost a task each.
             async with asyncio.timeout(max(0.0, remaining)):
                 while not check.delivered:
-                    raw = await ws.recv()
+                    try:
+                        raw = await ws.recv()
+                    except ConnectionClosed:
+                        if not cfg.survive_outages or track.stopping:
+                            raise
+                        # The server went down under us: come back, catch up from history.
+                        ws = await _come_back(ctx, ws, url, check, track)
+                        if ws is None:
+                            break
+                        continue
                     got = time.monotonic()
                     msg: dict[str, Any] = orjson.loads(raw)
+                    if cfg.survive_outages and await _bridged(ctx, track, check, msg):
+                        continue
                     before = check.received
                     check.feed(msg)
                     if not ready_sent and msg.get("type") == "initial_state":
@@ -140,6 +151,85 @@ async def _reconnect(
     if isinstance(now_seq, int) and now_seq > since:
         await _catch_up(ctx, track, since, now_seq)
     return new
+
+
+async def _come_back(
+    ctx: Ctx, ws: ClientConnection, url: str, check: StreamCheck, track: SessionTrack
+) -> ClientConnection | None:
+    """After the server dropped the socket (it was killed, or restarted): reconnect with
+    backoff until it answers or the run's deadline, then catch up from the history."""
+    m = ctx.metrics
+    track.sockets.discard(ws)
+    ctx.open_sockets -= 1
+    m.counts["outage_disconnects"] += 1
+    pause = 0.2
+    while True:
+        if ctx.now() > ctx.cfg.deadline_s or track.stopping:
+            m.error("outage_no_reconnect", track.tracking_id)
+            return None
+        try:
+            new = await _open(ctx, url)
+            first = orjson.loads(await asyncio.wait_for(new.recv(), ctx.cfg.request_timeout_s))
+        except (OSError, TimeoutError, WebSocketException):
+            await asyncio.sleep(pause)
+            pause = min(2.0, pause * 2)
+            continue
+        if first.get("type") != "initial_state":  # refused (e.g. 1013 while it restarts)
+            await new.close()
+            await asyncio.sleep(pause)
+            pause = min(2.0, pause * 2)
+            continue
+        break
+    ctx.open_sockets += 1
+    track.sockets.add(new)
+    m.counts["outage_reconnects"] += 1
+    seen = check.last_seq or 0
+    check.reconnected()
+    check.feed(first)
+    now_seq = (first.get("data") or {}).get("seq")
+    if isinstance(now_seq, int) and now_seq > seen:
+        await _catch_up(ctx, track, seen, now_seq)
+    return new
+
+
+async def _bridged(ctx: Ctx, track: SessionTrack, check: StreamCheck, msg: dict[str, Any]) -> bool:
+    """Survive mode: a location_update past a seq gap (events lost with a restarted shard) is
+    bridged from the history first; one repeating the seq just seen (the gateway re-sends the
+    current state after a shard restart) is skipped. True when `msg` was consumed."""
+    data = msg.get("data")
+    if msg.get("type") != "location_update" or not isinstance(data, dict):
+        return False
+    seq, last = data.get("seq"), check.last_seq
+    if not isinstance(seq, int) or last is None or not check.initial_seen:
+        return False
+    if seq == last and not check.awaiting_status_change:
+        ctx.metrics.counts["resync_repeats"] += 1
+        return True
+    if seq > last + 1 and not msg.get("conflated"):
+        items = await _history(ctx, track, last, seq - 1)
+        if items is not None and not check_history(items, last, seq - 1):
+            status = items[-1].get("status") if items else check.status
+            ctx.metrics.counts["gaps_bridged"] += check.bridge(seq - 1, str(status))
+    return False
+
+
+async def _history(
+    ctx: Ctx, track: SessionTrack, since: int, upto: int
+) -> list[dict[str, Any]] | None:
+    items: list[dict[str, Any]] = []
+    cursor: int | None = since
+    try:
+        while cursor is not None and cursor < upto:
+            r = await ctx.http.get(f"/tracking/{track.tracking_id}/history",
+                                   params={"since_seq": cursor, "limit": 500})
+            if r.status_code != 200:
+                return None
+            page = r.json()
+            items.extend(i for i in page.get("items") or [] if i.get("seq", 0) <= upto)
+            cursor = page.get("next_since_seq")
+    except httpx.HTTPError:
+        return None
+    return items
 
 
 async def _catch_up(ctx: Ctx, track: SessionTrack, seen: int, upto: int) -> None:

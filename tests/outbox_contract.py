@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import jwt
+import pytest
 
+from sim.integrations import order_of
 from sim.stubs import RecordedRequest
 
 ORDER_BODY_KEYS = {"status", "tracking_id", "rider_id", "delivered_at"}
@@ -58,7 +60,8 @@ def owed_for_walk(tracking_id: str, statuses: Sequence[str], phone: str | None) 
 
 
 def check_call(
-    req: RecordedRequest, secret: str, sessions: dict[str, dict[str, Any]]
+    req: RecordedRequest, secret: str, sessions: dict[str, dict[str, Any]],
+    users_secret: str | None = None,
 ) -> None:
     """Assert one received call follows the contract. `sessions`: tracking id -> its
     order_id, rider_id and phone, as started."""
@@ -68,6 +71,10 @@ def check_call(
     assert auth.startswith("Bearer "), auth[:20]
     claims = jwt.decode(auth.removeprefix("Bearer "), secret, algorithms=["HS256"])
     assert claims["role"] == "service"
+    if users_secret is not None:
+        # Finding 6: signed with a secret of its own; the receiver cannot mint users' tokens.
+        with pytest.raises(jwt.InvalidSignatureError):
+            jwt.decode(auth.removeprefix("Bearer "), users_secret, algorithms=["HS256"])
     assert isinstance(claims["sub"], str)
     assert claims["sub"]
     body = req.body
@@ -75,7 +82,7 @@ def check_call(
     tid = body["tracking_id"]
     s = sessions[tid]
     if req.path.startswith("/orders/"):
-        assert req.path == f"/orders/{s['order_id']}/status"
+        assert order_of(req.path) == s["order_id"], req.path
         assert set(body) == ORDER_BODY_KEYS
         assert body["status"] == "DELIVERED"
         assert body["rider_id"] == s["rider_id"]

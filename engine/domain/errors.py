@@ -89,3 +89,17 @@ def from_wire(code: str, detail: str) -> TrackingError:
     err = cls.__new__(cls)
     TrackingError.__init__(err, detail)
     return err
+
+
+class RateLimited(TrackingError):
+    """Too many requests from one principal or address; `retry_after_s` says when to come back."""
+
+    code = "rate_limited"
+    retry_after_s: float = 1.0
+
+    def __init__(self, detail: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(detail)
+        self.retry_after_s = retry_after_s
+
+
+_BY_CODE[RateLimited.code] = RateLimited

@@ -7,6 +7,7 @@ crash can never keep the change and lose the call (the outbox pattern).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import quote
 
 import orjson
 
@@ -27,6 +28,20 @@ class OutboxItem:
     body: bytes
     idempotency_key: str
     created_at: float
+
+
+def path_segment(value: str) -> str:
+    """`value` as one path segment of a URL: percent-encoded (UTF-8) so that a rider-chosen id
+    can never add segments, a query or a fragment, or climb with `.` / `..` (RFC 3986 5.2.4
+    removes dot segments; `%2E` is the same character, kept literally by URL normalisers)."""
+    if value in (".", ".."):
+        return value.replace(".", "%2E")
+    return quote(value, safe="", errors="strict")
+
+
+def order_path(order_id: str, suffix: str = "") -> str:
+    """The order service's path of an order: `/orders/{order_id}{suffix}`, the id encoded."""
+    return f"/orders/{path_segment(order_id)}{suffix}"
 
 
 def _notification(session: Session, event: str, status: Status, at: float) -> OutboxItem:
@@ -75,7 +90,7 @@ def owed_calls(
                 "delivered_at": int(change.at),
             }
             out.append(OutboxItem(
-                session.tracking_id, ORDER, f"/orders/{session.order_id}/status",
+                session.tracking_id, ORDER, order_path(session.order_id, "/status"),
                 orjson.dumps(body), f"{session.tracking_id}:DELIVERED", change.at,
             ))
         if notification_service:

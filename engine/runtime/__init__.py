@@ -119,7 +119,8 @@ class Deployment:
             return
         from engine.runtime import ray_cluster
 
-        if self.owner:
+        # A private instance ends with its actors; in a shared cluster, remove ours.
+        if self.owner and not ray_cluster.owns_instance():
             ray_cluster.kill_all(self.settings)
         ray_cluster.shutdown()
 

@@ -21,9 +21,11 @@ files are not (and a cluster of several nodes needs the shared store).
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import logging
 import os
+import socket
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -32,6 +34,7 @@ import ray
 from ray.exceptions import GetTimeoutError, RayError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from engine.dispatcher import dispatcher_settings
 from engine.domain.errors import Unavailable
 from engine.host import HostSpec
 from engine.runtime import ClusterUnreachable
@@ -55,6 +58,10 @@ os.environ.setdefault("RAY_worker_niceness", "0")
 SCHEDULING_MEMORY = 1 << 20  # bytes: see `_placement`
 READY_TIMEOUT_S = 120.0  # a shard's first start (store load) may take this long
 TEARDOWN_TIMEOUT_S = 5.0
+SHUTDOWN_TIMEOUT_S = 3.0
+PROBE_TIMEOUT_S = 5.0
+# Kept out of the environment the private instance's daemons and workers inherit.
+_SECRET_VARIABLES = ("TRACKING_JWT_SECRET", "TRACKING_SERVICE_SECRET")
 
 
 class _ShardActor:
@@ -173,6 +180,8 @@ def join(settings: Settings) -> None:
     if settings.ray_address:
         if settings.ray_node_ip:
             common["_node_ip_address"] = settings.ray_node_ip
+        # ray.init retries a cluster that does not answer for minutes (seen: over 5); ask first.
+        _probe(settings.ray_address)
         try:
             ray.init(address=settings.ray_address, **common)
         except (ConnectionError, RuntimeError, ValueError) as e:
@@ -181,7 +190,40 @@ def join(settings: Settings) -> None:
                 f" {e}"
             ) from e
     else:
-        ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1", **common)
+        # The daemons (and so every worker and shard actor) inherit this environment: keep the
+        # secrets out of it. (Settings were read already; API worker processes get them anew.)
+        hidden = {k: os.environ.pop(k) for k in _SECRET_VARIABLES if k in os.environ}
+        try:
+            ray.init(
+                address="local", include_dashboard=False, _node_ip_address="127.0.0.1", **common
+            )
+        finally:
+            os.environ.update(hidden)
+
+
+def _probe(address: str) -> None:
+    """ClusterUnreachable, naming the address and the variable, unless the cluster's address
+    accepts a connection within PROBE_TIMEOUT_S."""
+
+    def unreachable(why: object) -> ClusterUnreachable:
+        return ClusterUnreachable(
+            f"the Ray cluster at {address} (TRACKING_RAY_ADDRESS) did not answer: {why}"
+        )
+
+    target: str | None = address
+    if address == "auto":
+        try:
+            target = ray._private.services.canonicalize_bootstrap_address("auto")
+        except Exception as e:
+            raise unreachable(e) from e
+        if target is None:
+            raise unreachable("no running cluster was found on this machine")
+    assert target is not None
+    host, _, port = target.split("://", 1)[-1].split("/", 1)[0].rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), PROBE_TIMEOUT_S).close()
+    except (OSError, ValueError) as e:
+        raise unreachable(e) from e
 
 
 def start_local_for_tests() -> str:
@@ -203,9 +245,57 @@ def address() -> str:
 
 
 def shutdown() -> None:
-    """Leave (or stop, when this process started it) the Ray instance, within a bound."""
-    if ray.is_initialized():
-        _bounded(ray.shutdown, TEARDOWN_TIMEOUT_S, "ray.shutdown")
+    """Leave (or stop, when this process started it) the Ray instance, within a bound; then
+    make sure no daemon this process started outlives it."""
+    if not ray.is_initialized():
+        return
+    daemons = _daemons_started_here()
+    if _instance_gone(daemons):
+        # Its GCS or raylet died (a stop signal sent to the whole process group reaches them
+        # too): nothing is left to stop gracefully. Kill the rest, then disconnect.
+        log.info("the local Ray instance is gone already; killing what is left of it")
+        _kill_daemons(daemons)
+    # When the daemons are dying of the same signal, this waits on them (the driver's
+    # disconnect): bounded, and whatever is still running afterwards is killed. (A quiet
+    # instance stops in about 1.5 s here.)
+    if not _bounded(ray.shutdown, SHUTDOWN_TIMEOUT_S, "ray.shutdown"):
+        # Ray calls shutdown again at interpreter exit, with no bound: not after this one hung.
+        atexit.unregister(ray.shutdown)
+    _kill_daemons(daemons)
+
+
+def owns_instance() -> bool:
+    """Whether this process started the Ray instance it is in (the private default): stopping
+    the instance then ends every actor in it, with no call to each."""
+    return bool(_daemons_started_here())
+
+
+def _daemons_started_here() -> list[tuple[str, Any]]:
+    """(kind, Popen) of the Ray daemons this process started: its private local instance's GCS,
+    raylet and helpers; none when it joined a cluster."""
+    try:
+        node = ray._private.worker._global_node
+        if node is None or not node.head:
+            return []
+        return [(kind, info.process) for kind, infos in node.all_processes.items()
+                for info in infos]  # fmt: skip
+    except Exception:  # Ray's internals moved: fall back on its own shutdown alone
+        return []
+
+
+def _instance_gone(daemons: list[tuple[str, Any]]) -> bool:
+    return any(kind in ("gcs_server", "raylet") and proc.poll() is not None
+               for kind, proc in daemons)  # fmt: skip
+
+
+def _kill_daemons(daemons: list[tuple[str, Any]]) -> None:
+    alive = [proc for _, proc in daemons if proc.poll() is None]
+    for proc in alive:
+        with contextlib.suppress(OSError):
+            proc.kill()
+    for proc in alive:
+        with contextlib.suppress(Exception):
+            proc.wait(timeout=TEARDOWN_TIMEOUT_S)
 
 
 def _bounded(fn: Callable[[], object], timeout_s: float, what: str) -> bool:
@@ -291,7 +381,7 @@ def ensure_dispatcher(settings: Settings) -> Any:
         max_restarts=-1,
         num_cpus=0,
         **_placement(settings, settings.shards),
-    ).remote(settings.model_dump_json())
+    ).remote(dispatcher_settings(settings))
     ray.get(handle.start.remote(), timeout=READY_TIMEOUT_S)
     return handle
 
@@ -352,8 +442,13 @@ def kill_all(settings: Settings) -> None:
                 with contextlib.suppress(RayError):
                     ray.kill(handle, no_restart=True)
 
-    if ray.is_initialized():
-        _bounded(kill, TEARDOWN_TIMEOUT_S, "killing the engine's actors")
+    if not ray.is_initialized():
+        return
+    if _instance_gone(_daemons_started_here()):
+        # The private instance died (its workers, and so the actors, die with its raylet).
+        log.info("the local Ray instance is gone; its actors went with it")
+        return
+    _bounded(kill, TEARDOWN_TIMEOUT_S, "killing the engine's actors")
 
 
 # -- the API process's side -----------------------------------------------------------------------

@@ -168,6 +168,9 @@ def connect(path: Path, check: bool = False) -> sqlite3.Connection:
     """Open a store file, creating it; raise StoreError with a clear message when unusable."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        for f in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            if f.exists() and not os.access(f, os.W_OK):
+                raise StoreError(_read_only(f, "no write access"))
         conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
@@ -182,9 +185,18 @@ def connect(path: Path, check: bool = False) -> sqlite3.Connection:
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         return conn
     except sqlite3.DatabaseError as e:
+        if "readonly" in str(e) or "read-only" in str(e):
+            raise StoreError(_read_only(path, str(e))) from e
         raise StoreError(f"store file {path} cannot be used: {e}") from e
     except OSError as e:
         raise StoreError(f"data directory {path.parent} cannot be used: {e}") from e
+
+
+def _read_only(path: Path, why: str) -> str:
+    return (
+        f"store file {path} is read-only ({why}): every write would fail; make it (and the"
+        " data directory) writable for the service's user, or point TRACKING_DATA_DIR elsewhere"
+    )
 
 
 _HISTORY = """
@@ -300,7 +312,10 @@ class SqliteStore:
                 )
             c.execute("COMMIT")
         except BaseException:
-            c.execute("ROLLBACK")
+            # SQLite rolls back by itself on some errors (a full disk at COMMIT): a second
+            # ROLLBACK would raise and hide the reason.
+            if c.in_transaction:
+                c.execute("ROLLBACK")
             raise
         if entries:
             self._high = max(self._high, entries[-1][0])
@@ -353,7 +368,10 @@ class SqliteStore:
                     c.execute(_CHAIN, (head,))
             c.execute("COMMIT")
         except BaseException:
-            c.execute("ROLLBACK")
+            # SQLite rolls back by itself on some errors (a full disk at COMMIT): a second
+            # ROLLBACK would raise and hide the reason.
+            if c.in_transaction:
+                c.execute("ROLLBACK")
             raise
 
     def close(self) -> None:
@@ -402,7 +420,10 @@ class SqliteOutbox:
                     )
             c.execute("COMMIT")
         except BaseException:
-            c.execute("ROLLBACK")
+            # SQLite rolls back by itself on some errors (a full disk at COMMIT): a second
+            # ROLLBACK would raise and hide the reason.
+            if c.in_transaction:
+                c.execute("ROLLBACK")
             raise
 
     def counts(self) -> dict[str, int]:

@@ -56,7 +56,7 @@ def test_receiver_down_then_back_every_call_arrives_in_order(
             await stream.start_sessions(client)
             await stream.run(client)
             assert all(r.done for r in stream.rides)
-            await verify_durable(client, stream, stubs, srv.secret)
+            await verify_durable(client, stream, stubs, srv.service_secret)
 
     asyncio.run(scenario())
     assert any(r.answered == 503 for r in stubs.orders.requests)

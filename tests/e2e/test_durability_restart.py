@@ -43,6 +43,7 @@ def _server(ray_address: str | None, namespace: str, data_dir: Path, secret: str
     else:
         env.update(TRACKING_RAY_ADDRESS=ray_address, TRACKING_RAY_NAMESPACE=namespace)
     return ServerProcess(env=env, data_dir=str(data_dir), secret=secret,
+                         service_secret=secret + "-service",
                          log_path=str(data_dir.parent / f"server-{namespace}.log"),
                          startup_timeout_s=timeout(SERVER_STARTUP_S))
 
@@ -81,7 +82,7 @@ def _crash_and_restart(first: ServerProcess, second: ServerProcess, stubs: Integ
             # Every acknowledged update survived, and the sessions carry on from there.
             await stream.run(client)
             assert all(r.done for r in stream.rides)
-            await verify_durable(client, stream, stubs, second.secret)
+            await verify_durable(client, stream, stubs, second.service_secret)
 
     asyncio.run(after_restart())
     assert stream.acked_total() > acked_before

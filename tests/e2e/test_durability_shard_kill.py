@@ -70,7 +70,7 @@ def test_shard_worker_killed_under_load_loses_nothing_and_answers_again(
                 recovery = time.monotonic() - killed_at
                 await riding
                 assert all(r.done for r in stream.rides)
-                await verify_durable(client, stream, stubs, srv.secret)
+                await verify_durable(client, stream, stubs, srv.service_secret)
                 return recovery
 
         recovery_s = asyncio.run(scenario())
@@ -103,6 +103,6 @@ def test_dispatcher_killed_is_restarted_by_ray_and_delivers_what_is_owed(
                 os.kill(pid, signal.SIGKILL)
                 stubs.notifications.clear_failing()
                 # Nobody calls start() again: the restarted actor resumes by itself.
-                await verify_durable(client, stream, stubs, srv.secret)
+                await verify_durable(client, stream, stubs, srv.service_secret)
 
         asyncio.run(scenario())

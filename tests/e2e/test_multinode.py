@@ -42,6 +42,7 @@ pytestmark = [pytest.mark.netns, pytest.mark.postgres]
 
 SHARDS = 4
 SECRET = "multi-node-secret-" + "x" * 30
+SERVICE_SECRET = "multi-node-service-secret-" + "s" * 30  # the outbox's token (issue 14)
 
 
 @dataclass
@@ -65,6 +66,7 @@ class Cluster:
             "TRACKING_STORE_URL": url.replace("127.0.0.1", self.peer.here_ip),
             "TRACKING_SHARDS": str(SHARDS),
             "TRACKING_JWT_SECRET": SECRET,
+            "TRACKING_SERVICE_SECRET": SERVICE_SECRET,
             **over,
         }
 
@@ -223,7 +225,7 @@ def _node_b_dies(
                 await asyncio.sleep(0.05)
             await riding
             assert all(r.done for r in stream.rides)
-            await verify_durable(client, stream, c.stubs, SECRET, seconds=180)
+            await verify_durable(client, stream, c.stubs, SERVICE_SECRET, seconds=180)
             return back, len(killed)
 
     back, n_killed = asyncio.run(scenario())

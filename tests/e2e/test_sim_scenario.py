@@ -28,7 +28,8 @@ def test_qa_faults_scenario_meets_its_expectations(server_factory: Factory) -> N
     )
     log = io.StringIO()
     with IntegrationStubs() as stubs, server_factory(**stubs.env()) as srv:
-        report = run(cfg, Target(url=srv.base_url, secret=srv.secret, stubs=stubs, log=log))
+        report = run(cfg, Target(url=srv.base_url, secret=srv.secret, stubs=stubs, log=log,
+                                 service_secret=srv.service_secret))
     assert report["failed_expectations"] == [], report["violations"]
     assert report["deliveries"]["completed"] == 3
     assert report["messages"]["received"] > 100

@@ -19,12 +19,14 @@ import pytest
 
 from engine.clock import system_clock
 from engine.dispatcher import Dispatcher
+from engine.domain.integrations import NOTIFICATION, ORDER, OutboxItem
 from engine.domain.outbox_policy import Backoff
 from engine.domain.session import Lifetimes
 from engine.domain.status import Status
 from engine.protocol import Ok, Start, Update
 from engine.settings import Settings
 from engine.shard import Shard, ShardConfig
+from sim.integrations import order_of
 from sim.stubs import IntegrationStubs
 from tests.outbox_contract import (
     Owed,
@@ -38,7 +40,8 @@ from tests.stores import StoreBackend
 from tests.support import timeout
 from tests.support import until as _until
 
-SECRET = "outbox-test-secret-" + "x" * 24
+SECRET = "outbox-test-secret-" + "x" * 24  # signs the service token
+USERS_SECRET = "users-jwt-secret-" + "y" * 24  # the users' tokens: never sent anywhere
 SHARDS = 2
 WALK = ("PICKED_UP", "IN_TRANSIT", "DELIVERED")
 FAST = Backoff(base_s=0.02, cap_s=0.3)  # the policy is unit-tested; keep the waits short here
@@ -52,7 +55,8 @@ def stubs() -> Iterator[IntegrationStubs]:
 
 def _settings(backend: StoreBackend, stubs: IntegrationStubs | None, **over: Any) -> Settings:
     values: dict[str, Any] = {
-        **backend.settings(), "shards": SHARDS, "jwt_secret": SECRET,
+        **backend.settings(), "shards": SHARDS, "jwt_secret": USERS_SECRET,
+        "service_secret": SECRET,
         "order_service_url": stubs.orders.url if stubs else None,
         "notification_service_url": stubs.notifications.url if stubs else None,
     }
@@ -125,7 +129,7 @@ def _check_everything_arrived(
 ) -> None:
     orders, notes = stubs.orders.requests, stubs.notifications.requests
     for r in orders + notes:
-        check_call(r, SECRET, sessions)
+        check_call(r, SECRET, sessions, users_secret=USERS_SECRET)
     want = {o.key for calls in owed.values() for o in calls} - parked
     assert want <= delivered_keys(orders) | delivered_keys(notes)
     check_order_per_session(orders, owed, parked)
@@ -319,3 +323,85 @@ def test_timeouts_are_retried_and_a_new_dispatcher_finishes_the_job(
 
     asyncio.run(_with_dispatcher(d2, body2))
     _check_everything_arrived(stubs, sessions, owed)
+
+
+HOSTILE_ORDER_IDS = (
+    "../../admin?x=1#frag",  # finding 4: a rider-chosen id shaped the order service's URL
+    "..",
+    "a/b/../c%2F%00?#",
+    "100% ?&=#/",
+    "ORD\x7fDEL",  # httpx refuses this raw in a URL: old rows were retried forever
+)
+
+
+def test_order_ids_reach_the_order_service_as_one_encoded_path_segment(
+    backend: StoreBackend, stubs: IntegrationStubs
+) -> None:
+    lifetimes = Lifetimes(86400.0, 3600.0, 3600.0, 30.0)
+    store = backend.open(0, 1)
+    shard = Shard(ShardConfig(0, 1, lifetimes, True, False), store, system_clock)
+    sessions: dict[str, dict[str, Any]] = {}
+    try:
+        for k, order_id in enumerate(HOSTILE_ORDER_IDS):
+            rider = f"RIDER-{k}"
+            [started] = shard.handle([Start(order_id, rider, 5.6, -0.18, None)])
+            tid = _view(started)["tracking_id"]
+            for st in WALK:
+                [updated] = shard.handle([Update(tid, 5.61, -0.181, Status(st), rider)])
+                assert _view(updated)["status"] == st
+            sessions[tid] = {"order_id": order_id, "rider_id": rider, "phone": None}
+    finally:
+        store.close()
+    d = Dispatcher(_settings(backend, stubs, shards=1), rng=random.Random(10), backoff=FAST)
+
+    async def body() -> dict[str, int]:
+        assert await _until(lambda: len(stubs.orders.requests) >= len(sessions), 30)
+        return await _drained(d)
+
+    counts = asyncio.run(_with_dispatcher(d, body))
+    got = stubs.orders.requests
+    assert sorted(order_of(r.path) or "" for r in got) == sorted(HOSTILE_ORDER_IDS), [
+        r.path for r in got]
+    for r in got:
+        assert r.path.startswith("/orders/")
+        assert r.path.endswith("/status")
+        assert r.path.count("/") == 3
+        assert "?" not in r.path
+        assert "#" not in r.path
+        check_call(r, SECRET, sessions, users_secret=USERS_SECRET)
+    assert counts == {"pending": 0, "done": len(sessions), "dead": 0, "retries": 0}
+
+
+def test_a_call_that_cannot_be_built_is_a_dead_letter_at_once(
+    backend: StoreBackend, stubs: IntegrationStubs
+) -> None:
+    # A row written by an older version with the order id raw in its path: httpx refuses the
+    # URL. It fails the same way every time, so it is parked at once (even with no attempt
+    # cap), and the session's next call is not held behind it.
+    store = backend.open(0, 1)
+    try:
+        store.commit([], [], [
+            OutboxItem("TRK-old", ORDER, "/orders/ORD\x7f1/status", b'{"status":"DELIVERED"}',
+                       "TRK-old:DELIVERED", 1.0),
+            OutboxItem("TRK-old", NOTIFICATION, "/notifications", b'{"tracking_id":"TRK-old"}',
+                       "TRK-old:delivered:DELIVERED", 1.0),
+        ])
+    finally:
+        store.close()
+    settings = _settings(backend, stubs, shards=1, outbox_max_attempts=0)
+    d = Dispatcher(settings, rng=random.Random(11), backoff=FAST)
+
+    async def body() -> tuple[dict[str, int], list[dict[str, Any]]]:
+        assert await _until(lambda: len(stubs.notifications.requests) >= 1, 30)
+        counts = await _drained(d)
+        for _ in range(10):  # more rounds: nothing is retried
+            await asyncio.sleep(0.05)
+        return counts, await d.dead_letters(10)
+
+    counts, dead = asyncio.run(_with_dispatcher(d, body))
+    assert stubs.orders.requests == []
+    assert counts == {"pending": 0, "done": 1, "dead": 1, "retries": 0}
+    [letter] = dead
+    assert letter["idempotency_key"] == "TRK-old:DELIVERED"
+    assert letter["attempts"] == 1
+    assert "cannot be built" in letter["last_error"]

@@ -31,6 +31,7 @@ EXPECTED = {
     e.Conflict: (409, None),
     e.TooLarge: (413, 1009),  # beyond API.md: what the service takes is bounded
     e.Unavailable: (503, 1013),
+    e.RateLimited: (429, 1013),  # beyond API.md: limits, with Retry-After (README "Limits")
 }
 
 

@@ -42,6 +42,7 @@ from engine.protocol import (
     Ok,
     Ping,
     Result,
+    Resumed,
     RiderHit,
     RiderLookup,
     ShardStats,
@@ -314,6 +315,10 @@ def test_one_live_session_per_order(h: Harness) -> None:
     code, detail = err(h.one(Start("ORD-1", "RIDER-2", *DROP, None)))
     assert code == "conflict"
     assert "ORD-1" in detail
+    # Finding 1: another rider's start must not learn the live session's id (it opens the
+    # session's public live feed).
+    assert first not in detail
+    assert "TRK-" not in detail
     h.start("ORD-2")  # another order is fine
     h.clock.advance(LT.session_ttl_s)
     second = h.start("ORD-1")  # the first one has expired
@@ -326,9 +331,25 @@ def test_an_order_is_free_again_once_its_delivered_session_expires(h: Harness) -
     tid = h.start("ORD-1")
     for status in (PICKED_UP, IN_TRANSIT, DELIVERED):
         ok(h.update(tid, status=status))
-    assert err(h.one(Start("ORD-1", "RIDER-1", *DROP, None)))[0] == "conflict"
+    assert err(h.one(Start("ORD-1", "RIDER-2", *DROP, None)))[0] == "conflict"
     h.clock.advance(LT.delivered_ttl_s)
-    h.start("ORD-1")
+    h.start("ORD-1", "RIDER-2")
+
+
+def test_a_start_repeated_by_the_orders_rider_returns_its_live_session(h: Harness) -> None:
+    # A retried start (the app timed out, the rider tapped twice) is safe: the rider gets its
+    # own session back, unchanged, and nothing new is journaled or owed.
+    tid = h.start("ORD-1", "RIDER-1", phone="+233 20 555 0101")
+    ok(h.update(tid, status=PICKED_UP))
+    high = h.shard.journal_high()
+    again = h.one(Start("ORD-1", "RIDER-1", 1.0, 1.0, None))
+    assert isinstance(again, Ok), again
+    assert isinstance(again.value, Resumed), again
+    view = orjson.loads(again.value.view)
+    assert view == ok(h.get(tid))
+    assert (view["tracking_id"], view["status"], view["seq"]) == (tid, "PICKED_UP", 2)
+    assert h.shard.journal_high() == high
+    assert len(h.shard.sessions) == 1
 
 
 def test_rider_lookup_finds_the_newest_live_session(h: Harness) -> None:
@@ -559,7 +580,7 @@ def test_failing_commands_do_not_affect_the_rest_of_the_batch(
         Update("TRK-unknown", 5.6, -0.19, None, "RIDER-1"),
         Update(tid, 5.6, -0.19, None, "RIDER-2"),
         Update(tid, 5.6, -0.19, DELIVERED, "RIDER-1"),
-        Start("ORD-1", "RIDER-1", *DROP, None),
+        Start("ORD-1", "RIDER-2", *DROP, None),
         HistoryQuery(tid, 0, 10),
         Update(tid, 5.62, -0.19, PICKED_UP, "RIDER-1"),
         Start("ORD-2", "RIDER-1", *DROP, None),
@@ -601,7 +622,7 @@ def test_reloading_from_the_store_gives_the_same_sessions(hs: Harness) -> None:
     assert {r: hs.rider(r) for r in ("RIDER-0", "RIDER-1")} == riders
     assert hs.shard.sessions[tids[0]].phone == "+233 20 555 0101"
     # Rules survive the restart: one live session per order, seq continues, expiry timers.
-    assert err(hs.one(Start("ORD-0", "RIDER-0", *DROP, None)))[0] == "conflict"
+    assert err(hs.one(Start("ORD-0", "RIDER-9", *DROP, None)))[0] == "conflict"
     assert ok(hs.update(tids[0], rider=None))["seq"] == views[tids[0]]["seq"] + 1
     assert err(hs.update(tids[2], rider=None))[0] == "conflict"
     hs.clock.advance(LT.delivered_ttl_s)
@@ -714,15 +735,21 @@ def test_a_failed_journal_write_is_unavailable_and_memory_goes_back(hs: Harness)
     assert [err(r)[0] for r in results[:2]] == ["unavailable", "unavailable"]
     assert "retry" in err(results[0])[1]
     assert results[2] == Ok(None) or unavailable(results[2])
-    # Memory is the journaled state again: the update and the new session never happened.
-    assert ok(hs.get(tid)) == journaled
-    assert hs.rider("RIDER-2") is None
+    # Until the shard has reloaded from its store, it answers nothing out of its memory.
+    assert unavailable(hs.get(tid))
     assert hs.events("gw-1", ack)[1] == []  # nothing was announced
     # A readiness check that asks for writes is refused, with the reason, until one succeeds.
-    assert ok(hs.one(Ping(False))) == 1
     code, detail = err(hs.one(Ping(True)))
     assert code == "unavailable"
     assert "database or disk is full" in detail
+    # After the backoff it reloads (once): memory is the journaled state again, the update
+    # and the new session never happened.
+    hs.clock.advance(shard_module.RELOAD_BACKOFF_S)
+    assert ok(hs.get(tid)) == journaled
+    assert hs.rider("RIDER-2") is None
+    assert hs.events("gw-1", ack)[1] == []
+    assert ok(hs.one(Ping(False))) == 1
+    assert unavailable(hs.one(Ping(True)))
 
     store.broken = False
     retried = ok(hs.update(tid, 5.70, -0.10, PICKED_UP))
@@ -751,6 +778,71 @@ def test_a_read_batched_after_a_failed_write_does_not_see_it(hs: Harness) -> Non
         view_of(ok(watched)) == journaled and ok(watched).seq == journaled["seq"]
     )
     store.broken = False
+    hs.clock.advance(shard_module.RELOAD_BACKOFF_S)
+    assert ok(hs.get(tid)) == journaled
+
+
+def test_a_full_disk_reloads_the_shard_once_per_backoff_not_per_batch(
+    hs: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Finding 9: a failing commit used to reload the whole shard under its lock for every
+    # batch, so a full disk became a stall.
+    tid = hs.start("ORD-1")
+    journaled = ok(hs.update(tid, 5.61, -0.19))
+    store = hs.shard.store
+    assert isinstance(store, BrokenDiskStore | BrokenDiskPostgres)
+    loads: list[int] = []
+    load = store.load_sessions
+
+    def counted(lt: Lifetimes) -> list[Session]:
+        loads.append(1)
+        return load(lt)
+
+    monkeypatch.setattr(store, "load_sessions", counted)
+    store.broken = True
+    for _ in range(50):
+        assert unavailable(hs.update(tid, 5.7, -0.1))
+    assert loads == []
+    hs.clock.advance(shard_module.RELOAD_BACKOFF_S)
+    assert unavailable(hs.update(tid, 5.7, -0.1))  # one reload, then this commit fails too
+    assert len(loads) == 1
+    # Commits keep failing: the next reload waits twice as long.
+    hs.clock.advance(shard_module.RELOAD_BACKOFF_S)
+    assert unavailable(hs.get(tid))
+    assert len(loads) == 1
+    hs.clock.advance(shard_module.RELOAD_BACKOFF_S)
+    assert ok(hs.get(tid)) == journaled  # a read commits nothing
+    assert len(loads) == 2
+    store.broken = False
+    assert ok(hs.update(tid, 5.7, -0.1))["seq"] == journaled["seq"] + 1
+    assert ok(hs.one(Ping(True))) == 1
+
+
+def test_a_reload_that_fails_keeps_the_sessions_it_had(
+    hs: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Finding 9: when the reload after a failed commit failed too, the shard had cleared its
+    # memory already and answered 404 for live deliveries.
+    tid = hs.start("ORD-1")
+    journaled = ok(hs.update(tid, 5.61, -0.19))
+    store = hs.shard.store
+    assert isinstance(store, BrokenDiskStore | BrokenDiskPostgres)
+    load = store.load_sessions
+
+    def unreadable(lt: Lifetimes) -> list[Session]:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    store.broken = True
+    assert unavailable(hs.update(tid, 5.7, -0.1))
+    monkeypatch.setattr(store, "load_sessions", unreadable)
+    hs.clock.advance(shard_module.RELOAD_BACKOFF_S)
+    code, detail = err(hs.get(tid))
+    assert code == "unavailable"  # never not_found: the session is still there
+    assert "disk I/O error" in detail
+    assert tid in hs.shard.sessions
+    monkeypatch.setattr(store, "load_sessions", load)
+    store.broken = False
+    hs.clock.advance(shard_module.RELOAD_BACKOFF_MAX_S)
     assert ok(hs.get(tid)) == journaled
 
 

@@ -135,3 +135,29 @@ def test_run_resolves_a_shipped_scenario_by_name_and_applies_overrides() -> None
     cfg = config_from_args(build_parser().parse_args(["run", "smoke", "--seed", "99"]))
     assert cfg.name == "smoke"
     assert cfg.seed == 99
+
+
+def test_the_crash_faults_parse_and_qa_crash_ships_with_both() -> None:
+    cfg = load_scenario(SCENARIOS / "qa-crash.toml")
+    kinds = [f.kind for f in cfg.server_faults]
+    assert kinds == ["kill_shard", "restart_server"]
+    assert cfg.expect["accepted_lost"] == 0
+    assert cfg.expect["order_calls"] == "all"
+    assert cfg.expect["notifications"] == "all"
+    assert cfg.expect["faults_done"] == "all"
+
+
+def test_crash_faults_are_refused_against_a_server_the_run_did_not_start(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from sim.cli import main
+
+    assert main(["run", "qa-crash", "--url", "http://127.0.0.1:9"]) == 2
+    assert "need a server this run starts" in capsys.readouterr().err
+
+
+def test_nothing_accepted_lost_fails_when_an_acknowledged_update_is_missing() -> None:
+    figures = {"accepted_lost": 1, "accepted_checked": 10, "updates_acknowledged": 10}
+    assert evaluate({"accepted_lost": 0}, figures) == [
+        "accepted_lost: accepted_lost = 1, at most 0 expected"]
+    assert evaluate({"accepted_checked": "all"}, {**figures, "accepted_checked": 9}) != []

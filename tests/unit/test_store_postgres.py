@@ -17,7 +17,7 @@ from engine.clock import ManualClock
 from engine.domain.session import Rules
 from engine.protocol import Err, Ok, Start, Update
 from engine.settings import Settings
-from engine.shard import Shard, ShardConfig
+from engine.shard import RELOAD_BACKOFF_S, Shard, ShardConfig
 from engine.store import StoreSpec, check_store, open_outboxes
 from engine.store.base import StoreError
 from engine.store.postgres import LOCK_CLASS, Fenced, PostgresStore, redact
@@ -144,7 +144,8 @@ def test_a_shard_reconnects_after_its_connection_broke(pg_url: str) -> None:
         failed = shard.handle([Update(tid, 5.61, -0.18, None, "RIDER-1")])[0]
         assert isinstance(failed, Err)
         assert failed.code == "unavailable"
-        # The failed batch reloaded the shard on a new connection; it serves again.
+        # After its backoff the shard reloads (once) on a new connection; it serves again.
+        clock.advance(RELOAD_BACKOFF_S)
         again = shard.handle([Update(tid, 5.61, -0.18, None, "RIDER-1")])[0]
         assert isinstance(again, Ok), again
         assert store.generation == generation  # the claim was never lost
