@@ -21,6 +21,14 @@ _WATCH_SENDS: list[_Message] = [
     ("location_update", p.LocationUpdate, "After every accepted update, from HTTP or WebSocket."),
     ("status_change", p.StatusChange,
      "After an update that changed the status, right after its location_update."),
+    ("rider_approaching", p.RiderApproaching,
+     "Once per delivery: the rider is about to arrive, after the location_update showing it."),
+    ("rider_arrived", p.RiderArrived,
+     "Once per delivery: the rider is within the arrival radius of the dropoff."),
+    ("fix_filtered", p.FixFiltered,
+     "To the reporting socket only: its fix was dropped (never broadcast), and why."),
+    ("location_batch_result", p.LocationBatchResult,
+     "To the reporting socket only: what became of each fix of its location_batch."),
     ("error", p.ErrorMessage,
      "A refused message (the socket stays open), or why the socket is closed next (1008)."),
     ("pong", p.Pong, "The reply to a ping."),
@@ -28,6 +36,8 @@ _WATCH_SENDS: list[_Message] = [
 _WATCH_RECEIVES: list[_Message] = [
     ("report_location", p.ReportLocation,
      "A rider's report: the session's rider or a superadmin (token in the URL)."),
+    ("location_batch", p.ReportBatch,
+     "Fixes a rider's phone buffered while offline, oldest first; the same rules as HTTP."),
     ("ping", p.ClientPing, "Keep-alive."),
 ]
 _OPS_SENDS: list[_Message] = [
@@ -42,6 +52,22 @@ _TOKEN_QUERY = {
     "type": "object",
     "properties": {
         "token": {"type": "string", "description": "A bearer JWT (API.md \"Identity\")."},
+    },
+}
+_WATCH_QUERY = {
+    "type": "object",
+    "properties": {
+        "token": {"type": "string", "description": (
+            "A bearer JWT (API.md \"Identity\"), or this session's share link token."
+        )},
+        "since_seq": {"type": "integer", "minimum": 0, "description": (
+            "Resume: after initial_state (with `recovered`), what the socket missed after this "
+            "seq, in order, then live messages."
+        )},
+        "milestones": {"type": "boolean", "description": (
+            "true: also send rider_approaching and rider_arrived (off by default, so clients of "
+            "API.md's message list see only the messages it lists)."
+        )},
     },
 }
 
@@ -99,7 +125,7 @@ def build(version: str) -> dict[str, Any]:
                 "description": "Token optional for watching (public); needed to report.",
                 "parameters": {"tracking_id": {"description": "The tracking id (TRK-...)."}},
                 "messages": channel_messages["watch"],
-                "bindings": {"ws": {"query": _TOKEN_QUERY}},
+                "bindings": {"ws": {"query": _WATCH_QUERY}},
             },
             "ops": {
                 "address": "/ws/ops",

@@ -14,7 +14,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from engine.domain.errors import Forbidden, Unauthenticated
-from engine.tokens import ALGORITHM, mint_token
+from engine.tokens import ALGORITHM, SHARE_SCOPE, mint_share_token, mint_token
 
 
 class Role(StrEnum):
@@ -49,6 +49,8 @@ def decode_token(secret: str, token: str) -> Principal:
     except jwt.ExpiredSignatureError as e:
         raise Unauthenticated("Token has expired") from e
     except jwt.MissingRequiredClaimError as e:
+        if _is_share_token(token):
+            raise Unauthenticated(SHARE_ONLY) from e
         raise Unauthenticated(f"Token is missing the {e.claim!r} claim") from e
     except jwt.InvalidAlgorithmError as e:
         raise Unauthenticated("Token must be signed with HS256") from e
@@ -62,6 +64,43 @@ def decode_token(secret: str, token: str) -> Principal:
     exp = claims.get("exp")
     expires_at = float(exp) if isinstance(exp, int | float) else math.inf
     return Principal(sub=sub, role=Role(role), expires_at=expires_at)
+
+
+SHARE_ONLY = "A share link's token only opens its own session's view and WebSocket"
+
+
+@dataclass(frozen=True, slots=True)
+class ShareGrant:
+    """A share link's token: read-only access to one session's view, history and WebSocket
+    until `expires_at`. Not a principal: it passes no role check anywhere else."""
+
+    tracking_id: str
+    expires_at: float
+
+
+def _is_share_token(token: str) -> bool:
+    """Whether the token claims the share scope (unverified: only to pick the check to run)."""
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.InvalidTokenError:
+        return False
+    return isinstance(claims, dict) and claims.get("scope") == SHARE_SCOPE
+
+
+def decode_share(secret: str, token: str) -> ShareGrant:
+    """Verify a share token (HS256, expiry, scope); Unauthenticated says what is wrong."""
+    try:
+        claims = jwt.decode(
+            token, secret, algorithms=[ALGORITHM], options={"require": ["tid", "scope", "exp"]}
+        )
+    except jwt.ExpiredSignatureError as e:
+        raise Unauthenticated("This share link has expired") from e
+    except jwt.InvalidTokenError as e:
+        raise Unauthenticated(f"Invalid share link token: {e}") from e
+    tid, exp = claims.get("tid"), claims.get("exp")
+    if claims.get("scope") != SHARE_SCOPE or not isinstance(tid, str) or not tid:
+        raise Unauthenticated("Invalid share link token: wrong scope or session")
+    return ShareGrant(tid, float(exp) if isinstance(exp, int | float) else math.inf)
 
 
 class TokenVerifier:
@@ -79,6 +118,7 @@ class TokenVerifier:
         self.clock = clock
         self.size = size
         self._known: dict[str, Principal] = {}
+        self._shares: dict[str, ShareGrant] = {}
 
     def verify(self, token: str) -> Principal:
         """The token's principal; Unauthenticated says what is wrong with it."""
@@ -93,6 +133,29 @@ class TokenVerifier:
             del self._known[next(iter(self._known))]
         self._known[token] = principal
         return principal
+
+
+    def verify_reader(self, token: str, tracking_id: str) -> Principal | ShareGrant:
+        """A token that may read session `tracking_id`: any valid user token, or a share
+        link's token for that session (Unauthenticated once expired, Forbidden for another)."""
+        grant = self._shares.get(token)
+        if grant is None:
+            if token in self._known or not _is_share_token(token):
+                return self.verify(token)
+            grant = decode_share(self.secret, token)
+            if len(self._shares) >= self.size:
+                del self._shares[next(iter(self._shares))]
+            self._shares[token] = grant
+        if self.clock() >= grant.expires_at:
+            del self._shares[token]
+            raise Unauthenticated("This share link has expired")
+        if grant.tracking_id != tracking_id:
+            raise Forbidden("This share link is for another tracking session")
+        return grant
+
+    def share(self, tracking_id: str, expires_at: float) -> str:
+        """A share link's token for one session, valid until `expires_at`."""
+        return mint_share_token(self.secret, tracking_id, expires_at, self.clock())
 
 
 _bearer = HTTPBearer(auto_error=False)
@@ -141,7 +204,25 @@ def require_roles(*roles: Role) -> Any:
     return Depends(check)
 
 
+async def optional_reader(
+    request: Request,
+    tracking_id: str,
+    creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal | ShareGrant | None:
+    """For the public reads of one session: no token, a user's, or that session's share link
+    token; any other token present is refused."""
+    if request.headers.get("authorization") and creds is None:
+        raise Unauthenticated("Authorization header must be 'Bearer <token>'")
+    if creds is None:
+        return None
+    reader = _tokens(request).verify_reader(creds.credentials, tracking_id)
+    if isinstance(reader, Principal):
+        request.state.principal = reader
+    return reader
+
+
 CurrentPrincipal = Annotated[Principal, Depends(required_principal)]
 MaybePrincipal = Annotated[Principal | None, Depends(optional_principal)]
+MaybeReader = Annotated[Principal | ShareGrant | None, Depends(optional_reader)]
 
-__all__ = ["ALGORITHM", "Principal", "Role", "decode_token", "mint_token"]
+__all__ = ["ALGORITHM", "Principal", "Role", "ShareGrant", "decode_token", "mint_token"]

@@ -53,22 +53,30 @@ class Out(enum.Enum):
     LOCATION = 1  # location_update: the one kind that may be conflated
     STATUS = 2  # status_change
     EXPIRED = 3  # the expiry error; then a 1008 close
+    MILESTONE = 4  # rider_approaching / rider_arrived: once per delivery, never dropped
 
 
 _OUT = {EventKind.LOCATION: Out.LOCATION, EventKind.STATUS: Out.STATUS,
-        EventKind.EXPIRED: Out.EXPIRED}  # fmt: skip
+        EventKind.EXPIRED: Out.EXPIRED, EventKind.MILESTONE: Out.MILESTONE}  # fmt: skip
 _EXPIRED_FRAME = prepare_text(EXPIRED_MESSAGE)
 
 
 class Watcher:
     """One local socket watching one session."""
 
-    __slots__ = ("closed", "held", "maxlen", "min_seq", "sink", "stalled_since", "tracking_id")
+    __slots__ = (
+        "closed", "held", "maxlen", "milestones", "min_seq", "sink", "stalled_since", "tracking_id",
+    )  # fmt: skip
 
-    def __init__(self, tracking_id: str, sink: FrameSink, maxlen: int) -> None:
+    def __init__(
+        self, tracking_id: str, sink: FrameSink, maxlen: int, milestones: bool = False
+    ) -> None:
         self.tracking_id = tracking_id
         self.sink = sink
         self.maxlen = maxlen
+        # Milestone messages only to sockets that asked (`?milestones=true`): API.md's clients
+        # read the stream message by message, and a new kind among them would surprise them.
+        self.milestones = milestones
         self.held: deque[tuple[Out, int, bytes]] = deque()  # waiting for the buffer to drain
         self.min_seq: int | None = None  # None until initial_state was written
         self.closed = False
@@ -110,12 +118,24 @@ class Watcher:
         self.sink.on_drain(self.flush)
 
     def start(self, watched: Watched) -> None:
-        """Write initial_state, then what arrived meanwhile and is newer."""
+        """Write initial_state, then (resuming) what the socket missed, then what arrived
+        meanwhile and is newer."""
         self.min_seq = watched.seq
-        self.sink.write(prepare_text(initial_state(watched.view)))
+        self.sink.write(prepare_text(initial_state(watched.view, watched.recovered)))
         held, self.held = self.held, deque()
+        for e in watched.missed:
+            if e.kind is not EventKind.MILESTONE or self.milestones:
+                self._replay(_OUT[e.kind], e.seq, prepare_text(e.frame))
         for kind, seq, frame in held:
             self.offer(kind, seq, frame)
+
+    def _replay(self, kind: Out, seq: int, frame: bytes) -> None:
+        # In order, never conflated: a replay is bounded by the shard (TRACKING_RESUME_MAX_...).
+        if self.held or not self.sink.ready:
+            self.held.append((kind, seq, frame))
+            self._wait_for_drain()
+        else:
+            self.sink.write(frame)
 
     def flush(self) -> None:
         """The buffer drained (or the socket went away): write what was held, in order."""
@@ -165,13 +185,15 @@ class Gateway:
         self._watchers = 0  # sockets in `subs`, kept as they come and go
         self._resyncing: dict[int, bool] = {}  # shard -> whether to run again when done
         self._tasks: set[asyncio.Task[None]] = set()
+        # Sessions whose local socket count changed since it was last reported, per shard.
+        self._presence: list[set[str]] = [set() for _ in range(engine.n_shards)]
 
     @property
     def connections(self) -> int:
         return self._watchers + self.extra_connections
 
     def start(self) -> None:
-        self.engine.open_events(self.id, self)
+        self.engine.open_events(self.id, self, self)
         self._spawn(self._close_stalled())
 
     def _spawn(self, coro: Coroutine[object, object, None]) -> None:
@@ -190,26 +212,32 @@ class Gateway:
             for w in list(watchers):
                 w.close(1001, "server shutting down")
 
-    async def attach(self, tracking_id: str, sink: FrameSink) -> Watcher:
-        """Watch a session from a new socket; raises the engine's error when it cannot.
+    async def attach(
+        self, tracking_id: str, sink: FrameSink, since_seq: int | None = None,
+        milestones: bool = False,
+    ) -> Watcher:
+        """Watch a session from a new socket (resuming after `since_seq`, if given; with
+        milestone messages if asked); raises the engine's error when it cannot.
 
         The first socket on a session asks its shard to watch it for this process; the others
         start from the view this process holds: every accepted change of a watched session
         reaches it as a location_update, in order, so that view is as current as anything the
-        sockets will be sent (measured: the shard call was a fifth of a connection's cost)."""
-        w = Watcher(tracking_id, sink, self.queue_max)
+        sockets will be sent (measured: the shard call was a fifth of a connection's cost).
+        A resuming socket always asks the shard: only it can replay what the socket missed."""
+        w = Watcher(tracking_id, sink, self.queue_max, milestones)
         known = self.views.get(tracking_id)
         self.subs.setdefault(tracking_id, set()).add(w)
         self._watchers += 1
-        if known is not None:
+        self._changed(tracking_id)
+        if known is not None and since_seq is None:
             w.start(known)
             return w
         try:
-            watched = await self.engine.watch(tracking_id, self.id)
+            watched = await self.engine.watch(tracking_id, self.id, since_seq)
         except BaseException:
             await self.detach(w)
             raise
-        self._hold_view(tracking_id, watched)
+        self._hold_view(tracking_id, Watched(watched.seq, watched.view))  # not the replay
         w.start(watched)
         return w
 
@@ -228,6 +256,7 @@ class Gateway:
             return
         subs.discard(w)
         self._watchers -= 1
+        self._changed(w.tracking_id)
         if not subs:
             del self.subs[w.tracking_id]
             self.views.pop(w.tracking_id, None)
@@ -244,6 +273,20 @@ class Gateway:
                         log.info("closing a watcher of %s: its socket stayed full", w.tracking_id)
                         SLOW_CLOSES.inc()
                         w.close(TRY_AGAIN_LATER, TOO_SLOW_REASON)
+
+    # -- presence (engine.client.PresenceSource) --------------------------------------------------
+    def _changed(self, tracking_id: str) -> None:
+        self._presence[self.engine.shard_for(tracking_id)].add(tracking_id)
+
+    def presence(self, shard: int) -> dict[str, int] | None:
+        changed = self._presence[shard]
+        if not changed:
+            return None
+        self._presence[shard] = set()
+        return {tid: len(self.subs.get(tid, ())) for tid in changed}
+
+    def presence_lost(self, shard: int, counts: dict[str, int]) -> None:
+        self._presence[shard].update(counts)
 
     # -- the engine's event channel (engine.client.EventSink) -----------------------------------
     def deliver(self, events: list[Event]) -> None:
@@ -263,6 +306,11 @@ class Gateway:
                 )
             elif kind is Out.EXPIRED:
                 self.views.pop(event.tracking_id, None)  # new sockets hear it from the shard
+            elif kind is Out.MILESTONE:
+                for w in watchers:
+                    if w.milestones:
+                        w.offer(kind, seq, frame)
+                continue
             for w in watchers:
                 w.offer(kind, seq, frame)
             sent += len(watchers)
@@ -289,7 +337,9 @@ class Gateway:
             self._resyncing.pop(shard, None)
 
     async def _resync(self, shard: int) -> None:
-        for tid in [t for t in self.subs if self.engine.shard_for(t) == shard]:
+        mine = [t for t in self.subs if self.engine.shard_for(t) == shard]
+        self._presence[shard].update(mine)  # a restarted shard lost the counts too
+        for tid in mine:
             self.views.pop(tid, None)  # not known to be current until the shard says
             try:
                 watched = await self.engine.watch(tid, self.id)

@@ -6,6 +6,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from engine.domain.fixes import Reason
+from engine.domain.proximity import Milestone
 from engine.domain.status import Status
 from engine.protocol import ID_MAX
 
@@ -27,12 +29,60 @@ class StartRequest(BaseModel):
                                 pattern=r"^\+?[0-9 ()\-]{3,32}$")] | None = None
 
 
+RecordedAt = Annotated[float, Field(
+    gt=0, le=1e11, allow_inf_nan=False, strict=True,
+    description="When the phone took the fix: Unix seconds (not milliseconds). Without it, "
+                "the server's time counts, and only the fix itself is judged",
+)]
+AccuracyM = Annotated[float, Field(
+    ge=0, le=1e6, allow_inf_nan=False, strict=True,
+    description="The fix's accuracy radius in metres (fixes worse than a bound are dropped)",
+)]
+
+
 class UpdateRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     lat: Lat
     lng: Lng
     status: Status | None = None
+    recorded_at: RecordedAt | None = None
+    accuracy_m: AccuracyM | None = None
+
+
+class BatchedFix(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    lat: Lat
+    lng: Lng
+    recorded_at: RecordedAt
+    status: Status | None = None
+    accuracy_m: AccuracyM | None = None
+
+
+class BatchRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    fixes: list[BatchedFix] = Field(
+        min_length=1, description="Buffered fixes, oldest first (at most TRACKING_BATCH_MAX_FIXES)"
+    )
+
+
+class ShareRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    ttl_s: int | None = Field(
+        default=None, ge=60, le=30 * 86400,
+        description="Expire sooner than the session's end (seconds from now)",
+    )
+
+
+class ShareLink(BaseModel):
+    tracking_id: str
+    url: str = Field(description="The tracking page, with the token: what the customer opens")
+    path: str
+    token: str = Field(description="Opens only this session's view, history and WebSocket")
+    expires_at: int = Field(description="Unix seconds; by default the end of the session's life")
 
 
 class Location(BaseModel):
@@ -57,6 +107,27 @@ class TrackingView(BaseModel):
     updated_at: int
     seq: int = Field(description="Grows by one with each accepted change of this session")
     started_at: int
+    watchers: int | None = Field(
+        default=None, description="With ?presence=true: sockets watching, in every API process"
+    )
+    proximity: Milestone | None = Field(
+        default=None, description="The last milestone reached: approaching, then arrived"
+    )
+    filtered: Reason | None = Field(
+        default=None, description="In an update's answer only: why its fix was dropped"
+    )
+
+
+class FixResult(BaseModel):
+    kept: bool
+    seq: int | None = Field(description="The change this fix made (a dropped fix's status counts)")
+    filtered: Reason | None
+    late: bool = Field(description="Kept into the history only: older than the current location")
+
+
+class BatchResponse(BaseModel):
+    view: TrackingView
+    fixes: list[FixResult]
 
 
 class StatusDistribution(BaseModel):
@@ -72,6 +143,18 @@ class Recency(BaseModel):
     older: int
 
 
+class Presence(BaseModel):
+    watched_sessions: int
+    watching_sockets: int
+    max_per_session: int
+
+
+class FixCounts(BaseModel):
+    filtered: dict[str, int] = Field(description="Fixes dropped, by reason")
+    late: int = Field(description="Fixes kept into the history only")
+    milestones: dict[str, int] = Field(description="approaching / arrived fired")
+
+
 class Stats(BaseModel):
     total_active_sessions: int
     total_websocket_connections: int
@@ -79,6 +162,8 @@ class Stats(BaseModel):
     sessions_by_recency: Recency
     api_processes: int
     outbox: dict[str, int] = Field(default_factory=dict)
+    presence: Presence
+    fixes: FixCounts
 
 
 class HistoryItem(BaseModel):
@@ -88,6 +173,9 @@ class HistoryItem(BaseModel):
     lat: float | None
     lng: float | None
     at: int
+    recorded_at: int | None = Field(default=None, description="The fix's device time")
+    late: bool = False
+    milestones: list[Milestone] = Field(default_factory=list)
 
 
 class History(BaseModel):

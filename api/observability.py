@@ -27,7 +27,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
 UPDATES = Counter(
@@ -153,6 +153,30 @@ class _EngineCollector:
         yield outbox
         yield GaugeMetricFamily("tracking_outbox_retries", "Retried outbox deliveries",
                                 value=(s.get("outbox") or {}).get("retries", 0))
+        yield from _quality(s)
+
+
+def _quality(s: dict[str, Any]) -> Any:
+    """Fix filtering, milestones and presence, engine-wide (counts since the shards started)."""
+    fixes = s.get("fixes") or {}
+    dropped = CounterMetricFamily("tracking_fixes_filtered", "Fixes dropped by the filter",
+                                  labels=["reason"])
+    for reason, n in (fixes.get("filtered") or {}).items():
+        dropped.add_metric([reason], n)
+    yield dropped
+    yield CounterMetricFamily("tracking_fixes_late", "Fixes kept into the history only (late)",
+                              value=fixes.get("late", 0))
+    fired = CounterMetricFamily("tracking_milestones", "approaching / arrived fired",
+                                labels=["milestone"])
+    for name, n in (fixes.get("milestones") or {}).items():
+        fired.add_metric([name], n)
+    yield fired
+    presence = s.get("presence") or {}
+    yield GaugeMetricFamily("tracking_watched_sessions", "Sessions with a watching socket",
+                            value=presence.get("watched_sessions", 0))
+    yield GaugeMetricFamily("tracking_max_watchers_per_session",
+                            "Sockets watching the most watched session",
+                            value=presence.get("max_per_session", 0))
 
 
 # -- logs ---------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Annotated, Any
 
 import msgspec
@@ -10,14 +11,24 @@ from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from api import asyncapi as asyncapi_doc
-from api.auth import CurrentPrincipal, MaybePrincipal, Role, require_roles
+from api.auth import (
+    CurrentPrincipal,
+    MaybeReader,
+    Role,
+    TokenVerifier,
+    require_roles,
+)
 from api.limits import Limits, client_ip
 from api.metrics_port import scrape
 from api.models import (
+    BatchRequest,
+    BatchResponse,
     DeadLetters,
     ErrorBody,
     Health,
     History,
+    ShareLink,
+    ShareRequest,
     StartRequest,
     Stats,
     TrackingView,
@@ -25,11 +36,21 @@ from api.models import (
 )
 from api.observability import event_log
 from api.order_check import OrderCheck
-from api.updates import apply_update
+from api.updates import apply_batch, apply_update
 from engine.client import EngineClient
 from engine.dispatcher import Outbox
 from engine.domain.errors import Forbidden, NotFound, TrackingError
-from engine.protocol import ID_MAX, LocationReport, PlatformStats, Resumed, decode_view
+from engine.domain.status import Status
+from engine.protocol import (
+    ID_MAX,
+    BatchedFix,
+    LocationReport,
+    PlatformStats,
+    Resumed,
+    batch_answer,
+    decode_view,
+)
+from engine.settings import Settings
 
 router = APIRouter()
 
@@ -117,9 +138,68 @@ async def update_tracking(
     Served by `api.updates.LeanUpdates` in front of the framework; this declaration is its
     OpenAPI description, and serves the same updates when that front door is not installed."""
     _limits(request).check("update", principal, client_ip(request.scope))
-    report = LocationReport(body.lat, body.lng, body.status)
+    report = LocationReport(body.lat, body.lng, body.status, body.recorded_at, body.accuracy_m)
     view = await apply_update(_engine(request), tracking_id, report, principal, "http")
     return _json(view)
+
+
+@router.post(
+    "/tracking/update/{tracking_id}/batch", response_model=BatchResponse,
+    responses=_errors(401, 403, 404, 409, 410, 413, 422, 429),
+)
+async def update_tracking_batch(
+    tracking_id: TrackingId, body: BatchRequest, principal: CurrentPrincipal, request: Request
+) -> Response:
+    """Fixes a phone buffered while offline, oldest first, as one engine command; the session's
+    rider or a superadmin. Each fix is judged as a single update's would be; the answer says
+    which were kept. A status step the session does not allow refuses the whole batch (409,
+    naming the fix) and changes nothing."""
+    settings: Settings = request.app.state.settings
+    limits, ip = _limits(request), client_ip(request.scope)
+    for _ in body.fixes[: settings.batch_max_fixes]:  # each fix is an update to the limits
+        limits.check("update", principal, ip)
+    fixes = [BatchedFix(f.lat, f.lng, f.recorded_at, f.status, f.accuracy_m) for f in body.fixes]
+    answer = await apply_batch(
+        _engine(request), tracking_id, fixes, principal, "http", settings.batch_max_fixes
+    )
+    return _json(batch_answer(answer))
+
+
+@router.post(
+    "/tracking/{tracking_id}/share", status_code=201, response_model=ShareLink,
+    responses=_errors(401, 403, 404, 410, 422),
+)
+async def share_tracking(
+    tracking_id: TrackingId, principal: CurrentPrincipal, request: Request,
+    body: ShareRequest | None = None,
+) -> dict[str, Any]:
+    """A link to the tracking page for people without an account: its token opens only this
+    session's view, history and WebSocket, read-only, until it expires (by default when the
+    session does). The session's rider, a merchant or a superadmin. Links are revoked by
+    expiry only."""
+    _check_id(tracking_id)
+    if principal.role not in (Role.RIDER, Role.MERCHANT, Role.SUPERADMIN):
+        raise Forbidden("Only the session's rider, a merchant or a superadmin may share it")
+    view = decode_view(await _engine(request).get(tracking_id))
+    if principal.role is Role.RIDER and principal.sub != view.rider_id:
+        raise Forbidden("Only the session's rider, a merchant or a superadmin may share it")
+    settings: Settings = request.app.state.settings
+    end = view.started_at + settings.session_ttl_s
+    if view.status is Status.DELIVERED:  # nothing is accepted after it: updated_at is when
+        end = min(end, view.updated_at + settings.delivered_ttl_s)
+    if body is not None and body.ttl_s is not None:
+        end = min(end, time.time() + body.ttl_s)
+    tokens: TokenVerifier = request.app.state.tokens
+    token = tokens.share(tracking_id, end)
+    path = f"/track/{tracking_id}?share={token}"
+    event_log.info("tracking shared", extra={"fields": {
+        "tracking_id": tracking_id, "expires_at": int(end),
+        "principal": f"{principal.role}:{principal.sub}",
+    }})
+    return {
+        "tracking_id": tracking_id, "url": str(request.base_url).rstrip("/") + path,
+        "path": path, "token": token, "expires_at": int(end),
+    }
 
 
 @router.get(
@@ -143,23 +223,29 @@ async def rider_tracking(
 
 
 @router.get(
-    "/tracking/{tracking_id}", response_model=TrackingView, responses=_errors(401, 404, 410)
+    "/tracking/{tracking_id}", response_model=TrackingView,
+    responses=_errors(401, 403, 404, 410),
 )
 async def get_tracking(
-    tracking_id: TrackingId, request: Request, _principal: MaybePrincipal
+    tracking_id: TrackingId, request: Request, _reader: MaybeReader,
+    presence: Annotated[bool, Query(
+        description="Also `watchers`: the sockets watching this session, in every API process"
+    )] = False,
 ) -> Response:
-    """The public view of one session (no token needed; a token sent must be valid)."""
+    """The public view of one session (no token needed; a token sent must be valid: a user's,
+    or this session's share link token)."""
     _check_id(tracking_id)
-    return _json(await _engine(request).get(tracking_id))
+    return _json(await _engine(request).get(tracking_id, presence))
 
 
 @router.get(
-    "/tracking/{tracking_id}/history", response_model=History, responses=_errors(404, 410, 422)
+    "/tracking/{tracking_id}/history", response_model=History,
+    responses=_errors(401, 403, 404, 410, 422),
 )
 async def tracking_history(
     tracking_id: TrackingId,
     request: Request,
-    _principal: MaybePrincipal,
+    _reader: MaybeReader,
     since_seq: Annotated[int, Query(ge=0, le=2**62)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 500,
 ) -> Response:

@@ -14,7 +14,7 @@ error bodies are the same either way, which the e2e tests check on the real serv
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Final, cast
 
@@ -35,7 +35,7 @@ from engine.domain.errors import (
     Unauthenticated,
     Unavailable,
 )
-from engine.protocol import ID_MAX, LocationReport
+from engine.protocol import ID_MAX, BatchAnswer, BatchedFix, BatchFix, LocationReport
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,10 @@ async def apply_update(
         raise Forbidden("Only the session's rider or a superadmin may update it")
     rider = None if principal.is_admin else principal.sub
     try:
-        view = await engine.update(tracking_id, report.lat, report.lng, report.status, rider)
+        view = await engine.update(
+            tracking_id, report.lat, report.lng, report.status, rider, report.recorded_at,
+            report.accuracy_m,
+        )
     except TrackingError as e:
         UPDATES.labels(channel, e.code).inc()
         raise
@@ -77,6 +80,34 @@ async def apply_update(
     if report.status is not None:
         log_status(tracking_id, report.status.value, principal, channel)
     return view
+
+
+async def apply_batch(
+    engine: EngineClient, tracking_id: str, fixes: Sequence[BatchedFix], principal: Principal,
+    channel: str, limit: int,
+) -> BatchAnswer:
+    """Authorise and apply a phone's buffered fixes (oldest first) as one engine command."""
+    if len(tracking_id) > ID_MAX:
+        raise NotFound("Tracking session not found")
+    if not principal.is_admin and principal.role is not Role.RIDER:
+        raise Forbidden("Only the session's rider or a superadmin may update it")
+    if not fixes:
+        raise InvalidInput("fixes: a batch needs at least one fix")
+    if len(fixes) > limit:
+        raise TooLarge(f"a batch takes at most {limit} fixes (got {len(fixes)}): send the rest "
+                       "in another, oldest first")  # fmt: skip
+    rider = None if principal.is_admin else principal.sub
+    cmd = [BatchFix(f.lat, f.lng, f.status, f.recorded_at, f.accuracy_m) for f in fixes]
+    try:
+        answer = await engine.update_batch(tracking_id, cmd, rider)
+    except TrackingError as e:
+        UPDATES.labels(channel, e.code).inc()
+        raise
+    UPDATES.labels(channel, "batch").inc()
+    for f in fixes:
+        if f.status is not None:
+            log_status(tracking_id, f.status.value, principal, channel)
+    return answer
 
 
 def log_status(tracking_id: str, status: str, principal: Principal, channel: str) -> None:

@@ -16,17 +16,21 @@ from api.errors import POLICY_VIOLATION, TRY_AGAIN_LATER, close_code
 from api.gateway import Gateway
 from api.limits import Limits
 from api.observability import UPDATES
-from api.updates import apply_update
+from api.updates import apply_batch, apply_update
 from api.wsproto import EXTENSION, AsgiFrameSink, FrameSink, prepare_text
 from engine.client import EngineClient
-from engine.domain.errors import Forbidden, RateLimited, TrackingError
+from engine.domain.errors import Forbidden, InvalidInput, RateLimited, TrackingError
 from engine.protocol import (
+    FILTERED_MARK,
     ID_MAX,
     PONG,
     BadMessage,
     ClientPing,
+    ReportBatch,
     ReportLocation,
+    batch_result,
     error,
+    fix_filtered,
     ops_snapshot,
     read_client_message,
 )
@@ -50,13 +54,14 @@ async def _refuse(ws: WebSocket, message: str, code: int = POLICY_VIOLATION) -> 
         await ws.close(code, message[:120])
 
 
-def _admit(ws: WebSocket) -> Principal | None:
+def _admit(ws: WebSocket, tracking_id: str | None = None) -> Principal | None:
     """The connecting client's principal, after the connect limits: raises Unauthenticated
-    for a bad token, RateLimited past a limit."""
+    for a bad token, RateLimited past a limit. On a session's socket (`tracking_id`) that
+    session's share link token is admitted too, as a reader (None)."""
     limits: Limits = ws.app.state.limits
     ip = ws.client.host if ws.client is not None else None
     limits.check_ip("connect", ip)
-    principal = _principal(ws)
+    principal = _principal(ws) if tracking_id is None else _reader(ws, tracking_id)
     limits.check_principal("connect", principal)
     return principal
 
@@ -82,12 +87,47 @@ def _principal(ws: WebSocket) -> Principal | None:
     return tokens.verify(token)
 
 
+def _reader(ws: WebSocket, tracking_id: str) -> Principal | None:
+    """The caller on a watch socket: a user, or None (public, or a share link of this session,
+    which may only read)."""
+    token = ws.query_params.get("token")
+    if not token:
+        return None
+    tokens: TokenVerifier = ws.app.state.tokens
+    reader = tokens.verify_reader(token, tracking_id)
+    return reader if isinstance(reader, Principal) else None
+
+
+SINCE_SEQ_MAX = 2**62
+
+
+def _flag(ws: WebSocket, name: str) -> bool:
+    raw = ws.query_params.get(name)
+    if raw is None or raw in ("false", "0"):
+        return False
+    if raw in ("true", "1", ""):
+        return True
+    raise InvalidInput(f"{name} must be true or false")
+
+
+def _since_seq(ws: WebSocket) -> int | None:
+    """`?since_seq=N`: resume after seq N (InvalidInput unless a non-negative integer)."""
+    raw = ws.query_params.get("since_seq")
+    if raw is None:
+        return None
+    if not raw.isdigit() or len(raw) > 19 or int(raw) > SINCE_SEQ_MAX:
+        raise InvalidInput(f"since_seq must be a whole number from 0 to {SINCE_SEQ_MAX}")
+    return int(raw)
+
+
 @router.websocket("/ws/tracking/{tracking_id}")
 async def watch(ws: WebSocket, tracking_id: str) -> None:
     gateway: Gateway = ws.app.state.gateway
     engine: EngineClient = ws.app.state.engine
     try:
-        principal = _admit(ws)
+        principal = _admit(ws, tracking_id)
+        since_seq = _since_seq(ws)
+        milestones = _flag(ws, "milestones")
     except TrackingError as e:
         await _refuse(ws, e.detail, close_code(e) or POLICY_VIOLATION)
         return
@@ -103,7 +143,7 @@ async def watch(ws: WebSocket, tracking_id: str) -> None:
     if sink is None:  # not under `tracking serve`'s protocol: plain ASGI messages
         sink = fallback = AsgiFrameSink(ws.send_text, ws.close)
     try:
-        watcher = await gateway.attach(tracking_id, sink)
+        watcher = await gateway.attach(tracking_id, sink, since_seq, milestones)
     except TrackingError as e:
         if fallback is not None:
             fallback.stop()
@@ -146,7 +186,7 @@ async def _handle(
     ws: WebSocket,
 ) -> bytes | None:
     """One client message; returns the direct reply, if any (updates reach all via fan-out)."""
-    msg: ReportLocation | ClientPing | None = None
+    msg: ReportLocation | ReportBatch | ClientPing | None = None
     try:
         msg = read_client_message(text)
     except BadMessage as e:
@@ -167,10 +207,21 @@ async def _handle(
         return error("not authorised: the token has expired; reconnect with a fresh token to"
                      " report")
     limits: Limits = ws.app.state.limits
-    limits.check("update", principal, ws.client.host if ws.client is not None else None)
-    assert isinstance(msg, ReportLocation)
+    ip = ws.client.host if ws.client is not None else None
+    if isinstance(msg, ReportBatch):
+        batch_max: int = ws.app.state.settings.batch_max_fixes
+        for _ in msg.fixes[:batch_max]:  # each fix of a batch is an update to the limits
+            limits.check("update", principal, ip)
+    else:
+        limits.check("update", principal, ip)
     try:
-        await apply_update(engine, tracking_id, msg.location, principal, "ws")
+        if isinstance(msg, ReportBatch):
+            answer = await apply_batch(engine, tracking_id, msg.fixes, principal, "ws", batch_max)
+            return batch_result(answer)
+        assert isinstance(msg, ReportLocation)
+        view = await apply_update(engine, tracking_id, msg.location, principal, "ws")
+        if FILTERED_MARK in view:
+            return fix_filtered(view, msg.location)
     except Forbidden:
         return error("not authorised: only the session's rider or a superadmin may update it")
     except TrackingError as e:

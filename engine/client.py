@@ -26,10 +26,13 @@ from engine.domain.status import Status
 from engine.domain.view import HistoryItem
 from engine.protocol import (
     AnyCommand,
+    BatchAnswer,
+    BatchFix,
     CallReply,
     Channel,
     Event,
     Feed,
+    FixCounts,
     Get,
     HistoryPage,
     HistoryQuery,
@@ -37,6 +40,7 @@ from engine.protocol import (
     OpsDot,
     Ping,
     PlatformStats,
+    Presence,
     Reply,
     Result,
     Resumed,
@@ -47,6 +51,7 @@ from engine.protocol import (
     StatsQuery,
     Unwatch,
     Update,
+    UpdateBatch,
     Watch,
     Watched,
 )
@@ -100,6 +105,16 @@ class EventSink(Protocol):
         """Sockets of this process, reported to the shards for statistics."""
 
 
+class PresenceSource(Protocol):
+    """Where the channel finds this process's per-session socket counts (the gateway)."""
+
+    def presence(self, shard: int) -> dict[str, int] | None:
+        """The counts of `shard`'s sessions that changed since last asked (None: none)."""
+
+    def presence_lost(self, shard: int, counts: dict[str, int]) -> None:
+        """A report that may not have arrived: send those sessions' counts again."""
+
+
 def _expect(kind: type[T]) -> Callable[[Reply], T]:
     """A check that a command's reply has the type its command promises."""
 
@@ -134,6 +149,7 @@ _int = _expect(int)
 _watched = _expect(Watched)
 _shard_stats = _expect(ShardStats)
 _history = _expect(HistoryPage)
+_batch = _expect(BatchAnswer)
 
 
 class _Call(Generic[T]):
@@ -218,18 +234,21 @@ class _Lane:
                 batch = self.pending[:MAX_BATCH]
                 del self.pending[:MAX_BATCH]
                 t0 = loop.time()
+                channel = self.client.channel(self.shard)
                 try:
                     # asyncio.timeout, not wait_for: no task per call, so the call leaves now
                     # rather than after everything else ready on the loop.
                     async with asyncio.timeout(CALL_TIMEOUT_S):
                         reply = await self.transport.call(
-                            self.shard, [p.cmd for p in batch], self.client.channel(self.shard)
+                            self.shard, [p.cmd for p in batch], channel
                         )
                 except TrackingError as e:
+                    self.client.presence_lost(self.shard, channel)
                     for p in batch:
                         p.fail(from_wire(e.code, e.detail))
                     continue
                 except Exception as e:
+                    self.client.presence_lost(self.shard, channel)
                     log.warning("shard %d call failed: %s", self.shard, e)
                     for p in batch:
                         p.fail(Unavailable(
@@ -259,6 +278,7 @@ class EngineClient:
         self._lanes = [_Lane(self, i, observe) for i in range(self.n_shards)]
         self._gateway: str | None = None
         self._sink: EventSink | None = None
+        self._presence: PresenceSource | None = None
         self._cursors = [_Cursor() for _ in range(self.n_shards)]
         self._pollers: list[asyncio.Task[None]] = []
 
@@ -285,13 +305,22 @@ class EngineClient:
 
     def update(
         self, tracking_id: str, lat: float, lng: float, status: Status | None,
-        rider_id: str | None,
+        rider_id: str | None, recorded_at: float | None = None, accuracy_m: float | None = None,
     ) -> asyncio.Future[bytes]:
-        """Queue an update; `rider_id` is the acting rider, None for a superadmin."""
-        return self._to(tracking_id, Update(tracking_id, lat, lng, status, rider_id), _bytes)
+        """Queue an update; `rider_id` is the acting rider, None for a superadmin. The view's
+        JSON, with `filtered` (the reason) when the fix was dropped."""
+        cmd = Update(tracking_id, lat, lng, status, rider_id, recorded_at, accuracy_m)
+        return self._to(tracking_id, cmd, _bytes)
 
-    def get(self, tracking_id: str) -> asyncio.Future[bytes]:
-        return self._to(tracking_id, Get(tracking_id), _bytes)
+    def update_batch(
+        self, tracking_id: str, fixes: list[BatchFix], rider_id: str | None
+    ) -> asyncio.Future[BatchAnswer]:
+        """Buffered fixes, oldest first, as one command."""
+        return self._to(tracking_id, UpdateBatch(tracking_id, fixes, rider_id), _batch)
+
+    def get(self, tracking_id: str, presence: bool = False) -> asyncio.Future[bytes]:
+        """The view's JSON; with `presence`, carrying `watchers` (sockets in every process)."""
+        return self._to(tracking_id, Get(tracking_id, presence), _bytes)
 
     async def rider_session(self, rider_id: str) -> bytes:
         """The view's JSON of the rider's newest live session, on any shard."""
@@ -320,17 +349,32 @@ class EngineClient:
             counts.add(p.counts)
         # Every API process polls every shard and reports its socket count; shard 0 is enough.
         by_gw = parts[0].connections_by_gateway
+        filtered: dict[str, int] = {}
+        milestones: dict[str, int] = {}
+        for p in parts:
+            for into, part in ((filtered, p.filtered), (milestones, p.milestones)):
+                for k, n in part.items():
+                    into[k] = into.get(k, 0) + n
         stats = PlatformStats(
             total_active_sessions=counts.total_active_sessions,
             total_websocket_connections=sum(by_gw.values()),
             status_distribution=counts.status_distribution,
             sessions_by_recency=counts.sessions_by_recency,
             api_processes=len(by_gw),
+            presence=Presence(
+                watched_sessions=sum(p.presence[0] for p in parts),
+                watching_sockets=sum(p.presence[1] for p in parts),
+                max_per_session=max(p.presence[2] for p in parts),
+            ),
+            fixes=FixCounts(filtered, sum(p.late_fixes for p in parts), milestones),
         )
         return stats, dots
 
-    def watch(self, tracking_id: str, gateway: str) -> asyncio.Future[Watched]:
-        return self._to(tracking_id, Watch(tracking_id, gateway), _watched)
+    def watch(
+        self, tracking_id: str, gateway: str, since_seq: int | None = None
+    ) -> asyncio.Future[Watched]:
+        """Watch from `gateway`; with `since_seq`, also what came after it (Watched.missed)."""
+        return self._to(tracking_id, Watch(tracking_id, gateway, since_seq), _watched)
 
     async def unwatch(self, tracking_id: str, gateway: str) -> None:
         await self._to(tracking_id, Unwatch(tracking_id, gateway), _nothing)
@@ -340,9 +384,12 @@ class EngineClient:
         await self._all(Ping(writable), _int)
 
     # -- the event channel --------------------------------------------------------------------
-    def open_events(self, gateway: str, sink: EventSink) -> None:
-        """Deliver the events of sessions `gateway` watches to `sink`, from now until closed."""
-        self._gateway, self._sink = gateway, sink
+    def open_events(
+        self, gateway: str, sink: EventSink, presence: PresenceSource | None = None
+    ) -> None:
+        """Deliver the events of sessions `gateway` watches to `sink`, from now until closed;
+        report `presence` (socket counts per session) with the calls and polls."""
+        self._gateway, self._sink, self._presence = gateway, sink, presence
         loop = asyncio.get_running_loop()
         self._pollers = [loop.create_task(self._poll_forever(i)) for i in range(self.n_shards)]
 
@@ -353,12 +400,17 @@ class EngineClient:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
         self._pollers = []
-        self._gateway = self._sink = None
+        self._gateway = self._sink = self._presence = None
 
     def channel(self, shard: int) -> Channel | None:
         if self._gateway is None or self._sink is None:
             return None
-        return Channel(self._gateway, self._cursors[shard].ack, self._sink.connections)
+        presence = self._presence.presence(shard) if self._presence is not None else None
+        return Channel(self._gateway, self._cursors[shard].ack, self._sink.connections, presence)
+
+    def presence_lost(self, shard: int, channel: Channel | None) -> None:
+        if channel is not None and channel.presence and self._presence is not None:
+            self._presence.presence_lost(shard, channel.presence)
 
     def feed(self, shard: int, feed: Feed) -> None:
         """Take the events of a call or poll reply: new ones go to the sink, once, in order."""
@@ -391,8 +443,10 @@ class EngineClient:
             try:
                 feed = await self.transport.poll(shard, channel, POLL_TIMEOUT_S)
             except asyncio.CancelledError:
+                self.presence_lost(shard, channel)
                 raise
             except Exception as e:
+                self.presence_lost(shard, channel)
                 log.warning("event channel of shard %d: %s; retrying", shard, e)
                 await asyncio.sleep(0.5)
                 continue

@@ -79,6 +79,8 @@ class ShardHost:
         """Apply a batch of commands (results in the same order); with the caller's gateway
         channel, the reply also carries that gateway's events (so its poll need not wake)."""
         with self._cond:
+            if channel is not None and channel.presence:
+                self.shard.report_presence(channel.gateway, channel.presence)
             results = self.shard.handle(commands)
             feed: Feed | None = None
             if channel is not None:
@@ -92,6 +94,8 @@ class ShardHost:
         first."""
         gateway, ack, connections = channel.gateway, channel.ack, channel.connections
         with self._cond:
+            if channel.presence:
+                self.shard.report_presence(gateway, channel.presence)
             base, events = self.shard.take(gateway, ack, connections)
             if events or timeout_s <= 0 or self._stop.is_set():
                 return Feed(self.epoch, base, events)
@@ -205,6 +209,8 @@ class HostSpec:
             lifetimes=settings.lifetimes,
             order_service=settings.order_service_url is not None,
             notification_service=settings.notification_service_url is not None,
+            rules=settings.rules,
+            resume_max=settings.resume_max_changes,
         )
         return cls(config, StoreSpec.from_settings(settings), settings.sweep_interval_s)
 

@@ -15,7 +15,9 @@ import platformdirs
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from engine.domain.session import Lifetimes
+from engine.domain.fixes import FixRules
+from engine.domain.proximity import ProximityRules
+from engine.domain.session import Lifetimes, Rules
 
 SECRET_FILE = "jwt-secret"
 SERVICE_SECRET_FILE = "service-secret"
@@ -101,6 +103,16 @@ class Settings(BaseSettings):
     order_check_timeout_s: float = Field(default=5.0, gt=0, le=60)
     metrics_port: int | None = Field(default=None, ge=0, le=65535)  # a separate /metrics listener
     metrics_host: str = "127.0.0.1"
+    # Tracking quality (README "Beyond API.md"): fix filtering, milestones, batches, resume.
+    fix_max_age_s: float = Field(default=86400.0, gt=0)
+    fix_max_future_s: float = Field(default=300.0, ge=0)
+    fix_max_accuracy_m: float = Field(default=100.0, gt=0)
+    fix_max_speed_kmh: float = Field(default=150.0, gt=0)
+    approach_eta_s: float = Field(default=60.0, ge=0)
+    approach_radius_m: float = Field(default=300.0, ge=0)
+    arrival_radius_m: float = Field(default=30.0, ge=0)
+    batch_max_fixes: int = Field(default=100, ge=1, le=10000)
+    resume_max_changes: int = Field(default=1000, ge=0, le=100000)
 
     @field_validator(
         "order_service_url", "notification_service_url", "ray_address", "tile_url", "ray_node_ip"
@@ -170,6 +182,22 @@ class Settings(BaseSettings):
             delivered_ttl_s=self.delivered_ttl_s,
             purge_after_s=self.purge_after_s,
             speed_kmh=self.avg_speed_kmh,
+        )
+
+    @property
+    def rules(self) -> Rules:
+        return Rules(
+            FixRules(
+                max_age_s=self.fix_max_age_s,
+                max_future_s=self.fix_max_future_s,
+                max_accuracy_m=self.fix_max_accuracy_m,
+                max_speed_kmh=self.fix_max_speed_kmh,
+            ),
+            ProximityRules(
+                approach_eta_s=self.approach_eta_s,
+                approach_radius_m=self.approach_radius_m,
+                arrival_radius_m=self.arrival_radius_m,
+            ),
         )
 
     def resolved_secret(self) -> str:

@@ -18,17 +18,21 @@ from dataclasses import dataclass, field
 from typing import assert_never
 
 from engine.domain.errors import Conflict, NotFound, TrackingError, Unavailable
+from engine.domain.fixes import Reason
 from engine.domain.integrations import OutboxItem, owed_calls
+from engine.domain.proximity import NO_MILESTONES, Milestone
 from engine.domain.routing import new_tracking_id
-from engine.domain.session import Change, Lifetimes, Session
+from engine.domain.session import LATE, Change, Lifetimes, Rules, Session
 from engine.domain.stats import session_counts
-from engine.domain.status import Status
+from engine.domain.status import Status, check_transition
 from engine.protocol import (
     EXPIRED_MESSAGE,
     AnyCommand,
+    BatchAnswer,
     Err,
     Event,
     EventKind,
+    FixResult,
     Get,
     HistoryPage,
     HistoryQuery,
@@ -45,12 +49,16 @@ from engine.protocol import (
     StatsQuery,
     Unwatch,
     Update,
+    UpdateBatch,
     Watch,
     Watched,
     encode_view,
+    filtered,
     location_update,
+    milestone,
     status_change,
 )
+from engine.replay import Replay
 from engine.store.base import CheckpointRow, Entry, NullStore, Store
 
 log = logging.getLogger(__name__)
@@ -84,6 +92,9 @@ class _Batch:
     changes: list[Entry] = field(default_factory=list)
     outbox: list[OutboxItem] = field(default_factory=list)
     events: list[tuple[str, EventKind, int, bytes]] = field(default_factory=list)
+    # Watches resuming after a seq: answered once the batch is journaled, since the replay
+    # reads the journal and may need changes this batch made before the watch.
+    resumes: list[tuple[Watched, Replay, int]] = field(default_factory=list)
 
 
 def _started(s: Session) -> float:
@@ -102,6 +113,8 @@ class ShardConfig:
     lifetimes: Lifetimes
     order_service: bool = False
     notification_service: bool = False
+    rules: Rules = field(default_factory=Rules)
+    resume_max: int = 1000  # a watcher resuming further back than this many changes starts afresh
 
 
 class Shard:
@@ -119,6 +132,10 @@ class Shard:
         self.by_rider: dict[str, list[str]] = {}
         self.watchers: dict[str, set[str]] = {}
         self.gateways: dict[str, GatewayQueue] = {}
+        self.presence: dict[str, dict[str, int]] = {}  # tracking id -> gateway -> sockets
+        self.filtered: dict[str, int] = {}  # dropped fixes by reason, since this start
+        self.late_fixes = 0
+        self.milestones: dict[str, int] = {}
         self._timers: list[tuple[float, _Timer, str]] = []
         self._expired: set[str] = set()
         self._next_id = 1  # the next journal id
@@ -145,6 +162,10 @@ class Shard:
         # `_expired` survives a reload: watchers were told already and must not be told twice.
         for s in loaded:
             self._index(s)
+        for tid, per in self.presence.items():
+            watched = self.sessions.get(tid)
+            if watched is not None:
+                watched.watchers = sum(per.values())
         self._next_id = high + 1
 
     def _recover(self) -> bool:
@@ -222,27 +243,46 @@ class Shard:
                 failed = Unavailable("the journal could not be written; retry")
                 return [Err(failed.code, failed.detail) for _ in commands]
             self._last_commit_ok = True
+        if batch.resumes:
+            self._resume(batch, results)
         for tid, kind, seq, frame in batch.events:
             self._publish(tid, kind, seq, frame, now)
         return results
+
+    def _resume(self, batch: _Batch, results: list[Result]) -> None:
+        done: dict[int, Watched] = {}
+        for placeholder, replay, since in batch.resumes:
+            missed = replay.events(since, self.cfg.resume_max)
+            if missed is None:
+                done[id(placeholder)] = Watched(placeholder.seq, placeholder.view, recovered=False)
+            else:
+                done[id(placeholder)] = Watched(placeholder.seq, placeholder.view, missed, True)
+        for i, r in enumerate(results):
+            if isinstance(r, Ok) and isinstance(r.value, Watched) and id(r.value) in done:
+                results[i] = Ok(done[id(r.value)])
 
     def _apply(self, cmd: AnyCommand, now: float, batch: _Batch) -> Reply:
         match cmd:
             case Update():
                 return self._update(cmd, now, batch)
-            case Get(tracking_id=tid):
-                return encode_view(self._live(tid, now).view())
+            case UpdateBatch():
+                return self._update_batch(cmd, now, batch)
+            case Get(tracking_id=tid, presence=presence):
+                return encode_view(self._live(tid, now).view(presence))
             case Ping(writable=writable):
                 if writable and self.write_error is not None:
                     raise Unavailable(f"shard {self.cfg.index} cannot write: {self.write_error}")
                 return len(self.sessions)
             case Start():
                 return self._start(cmd, now, batch)
-            case Watch(tracking_id=tid, gateway=gw):
+            case Watch(tracking_id=tid, gateway=gw, since_seq=since):
                 s = self._live(tid, now)
                 self.watchers.setdefault(tid, set()).add(gw)
                 self._gateway(gw, now)
-                return Watched(s.seq, encode_view(s.view()))
+                watched = Watched(s.seq, encode_view(s.view()))
+                if since is not None:
+                    batch.resumes.append((watched, Replay(s, self.store, self.lt), since))
+                return watched
             case Unwatch(tracking_id=tid, gateway=gw):
                 self._unwatch(tid, gw)
                 return None
@@ -257,10 +297,50 @@ class Shard:
                 assert_never(cmd)
 
     def _update(self, cmd: Update, now: float, batch: _Batch) -> bytes:
-        tid = cmd.tracking_id
-        s = self._live(tid, now)
+        s = self._live(cmd.tracking_id, now)
         s.authorize_update(cmd.rider_id)
-        ch = s.apply_update(cmd.lat, cmd.lng, cmd.status, now, self.lt)
+        if cmd.recorded_at is None and cmd.accuracy_m is None:  # a plain update: the hot path
+            ch = s.apply_update(cmd.lat, cmd.lng, cmd.status, now, self.lt)
+            return self._accept(s, ch, NO_MILESTONES, batch)
+        out = s.report(cmd.lat, cmd.lng, cmd.status, now, self.lt, self.cfg.rules,
+                       cmd.recorded_at, cmd.accuracy_m)  # fmt: skip
+        if out.filtered is not None:
+            self._count_filtered(out.filtered)
+        if out.change is None:
+            assert out.filtered is not None
+            return filtered(encode_view(s.view()), out.filtered)
+        encoded = self._accept(s, out.change, out.milestones, batch)
+        return encoded if out.filtered is None else filtered(encoded, out.filtered)
+
+    def _update_batch(self, cmd: UpdateBatch, now: float, batch: _Batch) -> BatchAnswer:
+        s = self._live(cmd.tracking_id, now)
+        s.authorize_update(cmd.rider_id)
+        status = s.status
+        for i, f in enumerate(cmd.fixes):  # all or nothing for the status steps
+            try:
+                status = check_transition(status, f.status)
+            except Conflict as e:
+                raise Conflict(f"fixes[{i}]: {e.detail}") from None
+        results: list[FixResult] = []
+        encoded: bytes | None = None
+        for f in cmd.fixes:
+            out = s.report(f.lat, f.lng, f.status, now, self.lt, self.cfg.rules,
+                           f.recorded_at, f.accuracy_m)  # fmt: skip
+            if out.filtered is not None:
+                self._count_filtered(out.filtered)
+            ch = out.change
+            if ch is not None:
+                encoded = self._accept(s, ch, out.milestones, batch)
+            late = ch is not None and bool(ch.flags & LATE)
+            results.append(FixResult(out.filtered is None, ch.seq if ch else None, out.filtered,
+                                     late))
+        return BatchAnswer(encoded if encoded is not None else encode_view(s.view()), results)
+
+    def _accept(
+        self, s: Session, ch: Change, fired: tuple[Milestone, ...], batch: _Batch
+    ) -> bytes:
+        """Journal an accepted change, queue its events and owed calls; the view's JSON."""
+        tid = s.tracking_id
         self._journal(s, ch, batch)
         encoded = encode_view(s.view())
         if tid in self.watchers:
@@ -269,11 +349,23 @@ class Shard:
                 batch.events.append(
                     (tid, EventKind.STATUS, ch.seq, status_change(encoded, ch.previous_status))
                 )
+            for m in fired:
+                batch.events.append((tid, EventKind.MILESTONE, ch.seq, milestone(encoded, m)))
+        if ch.flags:
+            if ch.flags & LATE:
+                self.late_fixes += 1
+            for m in fired:
+                self.milestones[m.value] = self.milestones.get(m.value, 0) + 1
         if ch.previous_status is not None:
             if ch.status is Status.DELIVERED:
                 heapq.heappush(self._timers, (s.expires_at(self.lt), _Timer.EXPIRE, tid))
             batch.outbox.extend(self._owed(s, ch))
+        elif fired:
+            batch.outbox.extend(self._owed(s, ch))
         return encoded
+
+    def _count_filtered(self, reason: Reason) -> None:
+        self.filtered[reason.value] = self.filtered.get(reason.value, 0) + 1
 
     def _journal(self, s: Session, ch: Change, batch: _Batch) -> None:
         jid = self._next_id
@@ -334,9 +426,40 @@ class Shard:
         counts = session_counts(((s.status, s.updated_at) for s in live), now)
         by_gateway = {gw: q.connections for gw, q in self.gateways.items()}
         positions = [OpsDot(s.tracking_id, s.status, s.lat, s.lng, s.eta) for s in live[:dots]]
-        return ShardStats(counts, by_gateway, len(self.watchers), positions)
+        per_session = [sum(per.values()) for per in self.presence.values()]
+        presence = (len(per_session), sum(per_session), max(per_session, default=0))
+        return ShardStats(
+            counts, by_gateway, len(self.watchers), positions, dict(self.filtered),
+            self.late_fixes, dict(self.milestones), presence,
+        )
 
     # -- gateways and events ------------------------------------------------------------------
+    def report_presence(self, gw: str, counts: dict[str, int]) -> None:
+        """A gateway's socket counts for sessions of this shard (absolute; 0: none left)."""
+        for tid, n in counts.items():
+            s = self.sessions.get(tid)
+            if s is None:
+                continue
+            per = self.presence.get(tid)
+            if n > 0:
+                if per is None:
+                    per = self.presence[tid] = {}
+                per[gw] = n
+            elif per is not None:
+                per.pop(gw, None)
+            s.watchers = sum(per.values()) if per else 0
+            if per is not None and not per:
+                del self.presence[tid]
+
+    def _forget_presence(self, tid: str, gw: str) -> None:
+        per = self.presence.get(tid)
+        if per is not None and per.pop(gw, None) is not None:
+            s = self.sessions.get(tid)
+            if s is not None:
+                s.watchers = sum(per.values())
+            if not per:
+                del self.presence[tid]
+
     def _gateway(self, gw: str, now: float) -> GatewayQueue:
         q = self.gateways.get(gw)
         if q is None:
@@ -383,7 +506,8 @@ class Shard:
     def checkpoint_rows(self, sessions: Sequence[Session]) -> list[CheckpointRow]:
         """The state of `sessions` for a checkpoint (see `engine.store.base`)."""
         return [
-            (s.tracking_id, s.seq, s.status.value, s.lat, s.lng, s.updated_at, s.head)
+            (s.tracking_id, s.seq, s.status.value, s.lat, s.lng, s.updated_at, s.head,
+             s.loc_ts, s.milestone_flags())
             for s in sessions
         ]
 
@@ -431,6 +555,8 @@ class Shard:
                 del self.gateways[gw]
                 for tid in list(self.watchers):
                     self._unwatch(tid, gw)
+                for tid in list(self.presence):
+                    self._forget_presence(tid, gw)
         return expired
 
     def _unwatch(self, tid: str, gw: str) -> None:
@@ -444,6 +570,7 @@ class Shard:
         s = self.sessions.pop(tid)
         self._expired.discard(tid)
         self.watchers.pop(tid, None)
+        self.presence.pop(tid, None)
         if self.by_order.get(s.order_id) == tid:
             del self.by_order[s.order_id]
         tids = self.by_rider.get(s.rider_id)

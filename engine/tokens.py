@@ -14,3 +14,13 @@ def mint_token(secret: str, role: str, sub: str, ttl_s: int, now: float | None =
     issued = int(time.time() if now is None else now)
     claims = {"sub": sub, "role": role, "iat": issued, "exp": issued + int(ttl_s)}
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
+
+
+SHARE_SCOPE = "share"
+
+
+def mint_share_token(secret: str, tracking_id: str, expires_at: float, now: float) -> str:
+    """A share link's token: scope `share`, the session in `tid`, no role (it is no user)."""
+    claims = {"scope": SHARE_SCOPE, "tid": tracking_id, "sub": f"share:{tracking_id}",
+              "iat": int(now), "exp": int(expires_at)}  # fmt: skip
+    return jwt.encode(claims, secret, algorithm=ALGORITHM)

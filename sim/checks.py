@@ -6,6 +6,11 @@ a `status_change` after the `location_update` of an update that changed the stat
 `previous_status` -> `status` is one forward step; DELIVERED last; the ETA computed from
 the location and the dropoff by the fixed model; never the customer's phone in a view.
 A `seq` gap means lost messages unless the server marked the message as conflated.
+
+Beyond API.md (README): `rider_approaching` then `rider_arrived`, each once per delivery, right
+after the `location_update` of the change that fired it, and a view's `proximity` never going
+back (anything else is a flap); a watcher that comes back with `?since_seq=N` gets
+`initial_state` with `recovered: true`, then everything after N in order, then live messages.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from typing import Any
 from sim.geo import contract_eta_s, haversine_km
 
 STATUS_ORDER = {"ASSIGNED": 0, "PICKED_UP": 1, "IN_TRANSIT": 2, "DELIVERED": 3}
+PROXIMITY_RANK = {None: 0, "approaching": 1, "arrived": 2}
+MILESTONES = {"rider_approaching": "approaching", "rider_arrived": "arrived"}
 _MAX_VIOLATIONS = 5  # examples kept per watcher; counters keep the totals
 
 
@@ -22,7 +29,12 @@ class StreamCheck:
     """Checks one watcher connection's messages for one session; counters say what went wrong."""
 
     __slots__ = (
+        "_before_last",
         "_pending_status",
+        "_recounted",
+        "approach_status",
+        "approaching",
+        "arrived",
         "conflated",
         "duplicates",
         "eta_errors",
@@ -30,13 +42,19 @@ class StreamCheck:
         "eta_last_transit",
         "eta_speed_kmh",
         "first_seq",
+        "flaps",
         "gaps",
         "initial_seen",
         "last_seq",
         "out_of_order",
         "phone_leaks",
         "protocol_errors",
+        "proximity",
         "received",
+        "replay_until",
+        "replayed",
+        "resumed",
+        "resuming",
         "status",
         "status_changes",
         "status_errors",
@@ -65,6 +83,17 @@ class StreamCheck:
         self.eta_first_transit: int | None = None
         self.eta_last_transit: int | None = None
         self.violations: list[str] = []
+        self.approaching = 0  # rider_approaching messages
+        self.arrived = 0
+        self.approach_status: str | None = None  # the status rider_approaching carried
+        self.flaps = 0  # milestones more than once, out of order, or proximity going back
+        self.proximity = 0  # the highest PROXIMITY_RANK seen in a view
+        self.resuming = False  # reconnected with since_seq: the next initial_state resumes
+        self.resumed = 0  # reconnects whose initial_state said recovered
+        self.replay_until = 0  # seqs up to this came in a replay (not counted as received)
+        self.replayed = 0
+        self._before_last: tuple[str | None, int, int | None] | None = None
+        self._recounted = 0
 
     @property
     def delivered(self) -> bool:
@@ -83,9 +112,24 @@ class StreamCheck:
             + self.eta_errors + self.protocol_errors + self.phone_leaks
         )  # fmt: skip
 
-    def reconnected(self) -> None:
-        """The watcher opened a new connection: the next message must be a fresh initial_state."""
+    def reconnected(self, resume: bool = False) -> None:
+        """The watcher opened a new connection: the next message must be a fresh initial_state
+        (with `resume`, one that says whether what follows is the replay after `last_seq`)."""
         self.initial_seen = False
+        self.resuming = resume
+
+    def rewind_last(self) -> int:
+        """Forget the last location_update, as if it had not arrived (right after it, before
+        the rest of its change): a resume from the returned seq then gets its change whole."""
+        if self._before_last is None or self.last_seq is None or self.first_seq is None \
+                or self.last_seq <= self.first_seq:
+            return self.last_seq or 0
+        self.status, self.proximity, self.eta_last_transit = self._before_last
+        self._before_last = None
+        self._pending_status = None
+        self._recounted = self.last_seq  # received once already: its replay is not counted
+        self.last_seq -= 1
+        return self.last_seq
 
     def bridge(self, upto_seq: int, status: str) -> int:
         """The watcher read the seqs after `last_seq` up to `upto_seq` from the session's history
@@ -105,7 +149,7 @@ class StreamCheck:
         if kind == "error":
             self._violate("protocol", f"error message: {msg.get('message')!r}")
             return
-        if kind not in ("initial_state", "location_update", "status_change"):
+        if kind not in ("initial_state", "location_update", "status_change", *MILESTONES):
             self._violate("protocol", f"unexpected message type {kind!r}")
             return
         if not isinstance(data, dict) or not isinstance(data.get("seq"), int):
@@ -114,11 +158,13 @@ class StreamCheck:
         if "phone" in data:
             self._violate("phone", f"{kind} seq {data['seq']} carries the customer's phone")
         if kind == "initial_state":
-            self._initial(data)
+            self._initial(data, msg.get("recovered"))
         elif not self.initial_seen:
             self._violate("protocol", f"{kind} before initial_state")
         elif kind == "location_update":
             self._location(msg, data)
+        elif kind in MILESTONES:
+            self._milestone(MILESTONES[kind], data)
         else:
             self._status_change(data)
 
@@ -138,10 +184,21 @@ class StreamCheck:
             self._violate("eta", f"eta grew in transit from {first} to {last}")
         return missing
 
-    def _initial(self, data: dict[str, Any]) -> None:
+    def _initial(self, data: dict[str, Any], recovered: object = None) -> None:
         seq: int = data["seq"]
         if self.initial_seen:
             self._violate("protocol", "second initial_state on one connection")
+        if self.resuming:
+            self.resuming = False
+            if recovered is True and self.last_seq is not None and seq >= self.last_seq:
+                # What follows is the replay after last_seq, then live: the stream goes on.
+                self.initial_seen = True
+                self.resumed += 1
+                self.replay_until = seq
+                return
+            if recovered is not False:
+                self._violate("protocol", f"a resumed initial_state says recovered={recovered!r}")
+            self.proximity = PROXIMITY_RANK.get(data.get("proximity"), 0)
         if self.last_seq is not None and seq < self.last_seq:
             self._violate("order", f"initial_state seq {seq} behind seen seq {self.last_seq}")
         self.initial_seen = True
@@ -165,6 +222,7 @@ class StreamCheck:
             pseq, prev, nxt = self._pending_status
             self._violate("status", f"no status_change {prev}->{nxt} after seq {pseq}")
             self._pending_status = None
+        self._before_last = (self.status, self.proximity, self.eta_last_transit)
         skipped = seq - self.last_seq - 1
         if skipped:
             if msg.get("conflated") or data.get("conflated"):
@@ -173,7 +231,12 @@ class StreamCheck:
                 self.gaps += skipped
                 self._note(f"gap: seq {self.last_seq} then {seq}")
         self.last_seq = seq
-        self.received += 1
+        if seq == self._recounted:
+            self._recounted = 0
+        elif seq <= self.replay_until:
+            self.replayed += 1
+        else:
+            self.received += 1
         new = data.get("status")
         old = self.status
         if new not in STATUS_ORDER:
@@ -198,7 +261,32 @@ class StreamCheck:
             self._violate("status", f"status_change says {prev}->{new}, update said {pending[1:]}")
         self._check_view(data)
 
+    def _milestone(self, name: str, data: dict[str, Any]) -> None:
+        seq = data["seq"]
+        if seq != self.last_seq:
+            self._violate("order", f"rider_{name} seq {seq} not after its location_update")
+        if name == "approaching":
+            self.approaching += 1
+            if self.approach_status is None:
+                self.approach_status = data.get("status")
+        else:
+            self.arrived += 1
+            if not self.approaching:
+                self._flap(f"rider_arrived before rider_approaching at seq {seq}")
+        if self.approaching > 1 or self.arrived > 1:
+            self._flap(f"rider_{name} again at seq {seq}")
+        if data.get("proximity") != name:
+            self._flap(f"rider_{name} whose view says proximity {data.get('proximity')!r}")
+
+    def _flap(self, text: str) -> None:
+        self.flaps += 1
+        self._note(text)
+
     def _check_view(self, data: dict[str, Any]) -> None:
+        rank = PROXIMITY_RANK.get(data.get("proximity"), 0)
+        if rank < self.proximity:
+            self._flap(f"proximity went back to {data.get('proximity')!r} at seq {data['seq']}")
+        self.proximity = max(self.proximity, rank)
         eta = data.get("eta_seconds")
         loc, drop, status = data.get("current_location"), data.get("dropoff"), data.get("status")
         if status == "DELIVERED":

@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 
 from harness import mint
+from sim.phone import Noise
 from sim.plan import PlanSettings
 from sim.stats import Metrics
 
@@ -40,6 +41,11 @@ class SliceConfig:
     reconnect_after_messages: int = 5
     reconnect_down_s: float = 1.0
     invalid: frozenset[int] = frozenset()  # deliveries whose rider posts invalid transitions
+    device_time: bool = False  # fixes carry recorded_at
+    noise: Noise = field(default_factory=Noise)  # GPS noise (sim/phone.py), no offline spell
+    offline: frozenset[int] = frozenset()  # deliveries whose phone goes offline once
+    offline_after: int = 8
+    offline_fixes: int = 6
     watchers_ready_timeout_s: float = 60.0
     tail_grace_s: float = 120.0  # after the rider is done, how long its watchers may lag
     request_timeout_s: float = 30.0
@@ -64,6 +70,8 @@ class SessionTrack:
     __slots__ = (
         "acked",
         "acked_seq",
+        "approach_guess",
+        "approach_seen",
         "delivered",
         "done",
         "final_seq",
@@ -95,6 +103,10 @@ class SessionTrack:
         self.sent_at: dict[int, float] = {}
         self.final_seq: int | None = None
         self.statuses: list[str] = []  # status changes the server acknowledged, in order
+        # The status a rider_approaching carried: as a watcher saw it, else as the rider's
+        # answers suggest (exact for single fixes); what the notification service is owed.
+        self.approach_seen: str | None = None
+        self.approach_guess: str | None = None
         self.delivered = False
         self.sockets: set[Any] = set()  # the watchers' open connections
         self.stopping = False  # the rider is done and its watchers' wait is over

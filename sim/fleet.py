@@ -136,6 +136,7 @@ def _outcome(ctx: Ctx, track: SessionTrack) -> dict[str, Any]:
         "final_seq": track.final_seq,
         "statuses": track.statuses,
         "delivered": track.delivered,
+        "approach_status": track.approach_seen or track.approach_guess,
     }
 
 

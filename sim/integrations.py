@@ -32,14 +32,21 @@ class Expected:
 
 
 def expected_calls(session: dict[str, Any]) -> Expected:
-    """From a session outcome (tracking_id, order_id, rider_id, phone, statuses acked)."""
+    """From a session outcome (tracking_id, order_id, rider_id, phone, statuses acked, and the
+    status the rider approached in, if it did). `rider_approaching` (with a phone) comes after
+    the status change it came with, but before `delivered`."""
     tid = session["tracking_id"]
     keys: list[str] = []
+    approach = session.get("approach_status") if session.get("phone") else None
     if session.get("phone"):
         keys.append(f"{tid}:tracking_started:ASSIGNED")
     for status in session.get("statuses", []):
         event = "delivered" if status == "DELIVERED" else "status_changed"
+        if approach == status == "DELIVERED":
+            keys.append(f"{tid}:rider_approaching:{approach}")
         keys.append(f"{tid}:{event}:{status}")
+        if approach == status != "DELIVERED":
+            keys.append(f"{tid}:rider_approaching:{approach}")
     delivered = "DELIVERED" in session.get("statuses", [])
     return Expected(
         tid, session["order_id"], session["rider_id"], session.get("phone"), tuple(keys),

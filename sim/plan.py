@@ -25,10 +25,13 @@ class Update:
     lng: float
     status: str | None = None  # only on the update that changes it
 
-    def body(self) -> dict[str, object]:
+    def body(self, recorded_at: float | None = None) -> dict[str, object]:
+        """The report's JSON body; with the fix's device time when the phone sends it."""
         out: dict[str, object] = {"lat": self.lat, "lng": self.lng}
         if self.status is not None:
             out["status"] = self.status
+        if recorded_at is not None:
+            out["recorded_at"] = round(recorded_at, 3)
         return out
 
 

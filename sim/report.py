@@ -8,6 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from sim.phone import KINDS
 from sim.scenario import RunConfig
 from sim.stats import Metrics, summary_ms
 
@@ -70,8 +71,10 @@ def build_report(
             "did_not_see_delivered": c["watchers_not_delivered"],
             "connection_failures": c["connection_failures"],
             "reconnects": c["reconnects"],
+            "resumed": c["resumed"],
             "history_caught_up": c["history_caught_up"],
         },
+        "quality": _quality(m),
         "latency_ms": {**summary_ms(list(m.latency_s)), "unmatched": c["latency_unmatched"]},
         "client_loop_lag_ms": lag,
         "simulator": {
@@ -98,6 +101,29 @@ def build_report(
         "violations": m.violations,
         "timeline": m.timeline(),
         "failed_expectations": failed or [],
+    }
+
+
+def _quality(m: Metrics) -> dict[str, Any]:
+    """What the phones sent and what the server made of it; milestones and resumes seen."""
+    c = m.counts
+    phone = {k: c[f"phone_{k}"] for k in KINDS}
+    filtered = {k.removeprefix("fixes_filtered_"): n for k, n in sorted(c.items())
+                if k.startswith("fixes_filtered_")}  # fmt: skip
+    return {
+        "phone": phone,
+        "noise_sent": phone["jump"] + phone["duplicate"],
+        "batch_fixes": c["batch_fixes"],
+        "fixes_filtered": c["fixes_filtered"],
+        "filtered_by_reason": filtered,
+        "noise_kept": c["noise_kept"],
+        "messages_replayed": c["messages_replayed"],
+        "milestones": {
+            "streams": c["milestone_streams"],
+            "approached_once": c["approached_once"],
+            "arrived_once": c["arrived_once"],
+            "flaps": c["flaps"],
+        },
     }
 
 
@@ -130,7 +156,15 @@ def figures(r: dict[str, Any]) -> dict[str, float | None]:
         "invalid_sent": r["invalid_transitions"]["sent"],
         "invalid_rejected": r["invalid_transitions"]["rejected"],
         "reconnects": r["watchers"]["reconnects"],
+        "resumed": r["watchers"]["resumed"],
         "history_caught_up": r["watchers"]["history_caught_up"],
+        "noise_sent": r["quality"]["noise_sent"],
+        "fixes_filtered": r["quality"]["fixes_filtered"],
+        "noise_kept": r["quality"]["noise_kept"],
+        "milestone_streams": r["quality"]["milestones"]["streams"],
+        "approached_once": r["quality"]["milestones"]["approached_once"],
+        "arrived_once": r["quality"]["milestones"]["arrived_once"],
+        "flaps": r["quality"]["milestones"]["flaps"],
         "orders_expected": orders.get("expected"),
         "orders_ok": orders.get("ok"),
         "notifications_expected": notes.get("expected"),
@@ -143,6 +177,13 @@ def figures(r: dict[str, Any]) -> dict[str, float | None]:
         "faults_planned": r["server_faults"]["planned"],
         "faults_done": len([f for f in r["server_faults"]["done"] if f.get("ok")]),
     }
+
+
+def _phones(q: dict[str, Any]) -> str:
+    sent = ", ".join(f"{n} {k}" for k, n in q["phone"].items() if n)
+    dropped = ", ".join(f"{n} {k}" for k, n in q["filtered_by_reason"].items())
+    return (f"{sent or 'nothing'} sent ({q['batch_fixes']} fixes in batches); "
+            f"filtered {q['fixes_filtered']} ({dropped or 'none'}), {q['noise_kept']} noise kept")
 
 
 def render_table(r: dict[str, Any]) -> str:
@@ -163,8 +204,12 @@ def render_table(r: dict[str, Any]) -> str:
         ("order", f"{msg['out_of_order']} out of order, {msg['duplicates']} duplicates"),
         ("checks", ", ".join(f"{k} {v}" for k, v in r["checks"].items())),
         ("watchers", f"{w['connected']} connected of {w['planned']}, peak open {w['peak_open']}, "
-                     f"{w['connection_failures']} failed, {w['reconnects']} reconnects, "
-                     f"{w['saw_delivered']} saw DELIVERED"),
+                     f"{w['connection_failures']} failed, {w['reconnects']} reconnects "
+                     f"({w['resumed']} resumed), {w['saw_delivered']} saw DELIVERED"),
+        ("phones", _phones(r["quality"])),
+        ("milestones", "{streams} streams: {approached_once} saw approaching once, "
+                       "{arrived_once} arrived once, {flaps} flaps".format(
+                           **r["quality"]["milestones"])),
         ("latency update->watcher", _lat(lat)),
         ("latency update->ack", _lat(ack)),
         ("  of which over ws", _lat(u["ack_latency_ws_ms"])),

@@ -6,6 +6,7 @@ import asyncio
 import functools
 import ssl
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import httpx
@@ -14,7 +15,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import WebSocketException
 
 from sim.context import Ctx, SessionTrack
-from sim.plan import DeliveryPlan, Update
+from sim.phone import Noise, Send, schedule
+from sim.plan import STATUSES, DeliveryPlan, Update
 
 
 class Refused(Exception):
@@ -32,6 +34,7 @@ class Uncertain(Exception):
 
 class Reporter(Protocol):
     async def send(self, body: dict[str, Any]) -> dict[str, Any]: ...
+    async def send_batch(self, fixes: list[dict[str, Any]]) -> dict[str, Any]: ...
     async def close(self) -> None: ...
 
 
@@ -60,6 +63,18 @@ class HttpReporter:
         view: dict[str, Any] = r.json()
         return view
 
+    async def send_batch(self, fixes: list[dict[str, Any]]) -> dict[str, Any]:
+        """POST .../batch: {"view", "fixes": [{kept, seq, filtered, late}]}."""
+        try:
+            r = await self._http.post(self._url + "/batch", json={"fixes": fixes},
+                                      headers=self._headers)  # fmt: skip
+        except httpx.HTTPError as e:
+            raise Uncertain(type(e).__name__) from e
+        if r.status_code != 200:
+            raise Refused(str(r.status_code), _detail(r))
+        answer: dict[str, Any] = r.json()
+        return answer
+
     async def close(self) -> None:
         await self._http.aclose()
 
@@ -87,25 +102,37 @@ class WsReporter:
         return ws
 
     async def send(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The view that acknowledges `body`: the broadcast carrying its seq, or (a dropped fix)
+        the fix_filtered answer that echoes it."""
         want = self._track.acked_seq + 1
+        msg = {"type": "location_update", "location": body}
+        return await self._exchange(msg, lambda kind, m: (
+            (kind == "location_update" and (m.get("data") or {}).get("seq", 0) >= want)
+            or (kind == "fix_filtered" and _same_fix(m.get("fix"), body))
+        ))
+
+    async def send_batch(self, fixes: list[dict[str, Any]]) -> dict[str, Any]:
+        msg = {"type": "location_batch", "fixes": fixes}
+        return await self._exchange(msg, lambda kind, m: kind == "location_batch_result")
+
+    async def _exchange(
+        self, out: dict[str, Any], answers: Callable[[str, dict[str, Any]], bool]
+    ) -> dict[str, Any]:
         try:
             if self._broken:  # as a rider app does: a new socket after a failed one
                 await self._ws.close()
                 self._ws = await self._connect(self._ctx, self._track)
                 self._broken = False
-            await self._ws.send(
-                orjson.dumps({"type": "location_update", "location": body}).decode()
-            )
+            await self._ws.send(orjson.dumps(out).decode())
             async with asyncio.timeout(self._ctx.cfg.request_timeout_s):
                 while True:
                     msg = orjson.loads(await self._ws.recv())
                     kind = msg.get("type")
                     if kind == "error":
                         raise Refused("ws", str(msg.get("message")))
-                    data = msg.get("data") or {}
-                    if kind == "location_update" and data.get("seq", 0) >= want:
-                        view: dict[str, Any] = data
-                        return view
+                    if answers(kind, msg):
+                        data: dict[str, Any] = msg.get("data") or {}
+                        return data
         except (OSError, TimeoutError, WebSocketException) as e:
             self._broken = True
             raise Uncertain(type(e).__name__) from e
@@ -173,18 +200,33 @@ async def ride(ctx: Ctx, plan: DeliveryPlan, track: SessionTrack, use_ws: bool) 
         return
     transport = "ws" if use_ws else "http"
     delivered = False
+    noise = cfg.noise
+    if plan.index in cfg.offline:
+        noise = Noise(noise.jump_ratio, noise.duplicate_ratio, noise.late_ratio,
+                      cfg.offline_after, cfg.offline_fixes)  # fmt: skip
+    sends = schedule(plan, cfg.seed, noise)
     try:
         if plan.index in cfg.invalid:  # ASSIGNED -> IN_TRANSIT skips PICKED_UP
             await _send_invalid(ctx, reporter, plan.updates[0], "IN_TRANSIT", "PICKED_UP")
         started = time.monotonic()
-        for u in plan.updates:
-            delay = started + u.t_s / cfg.speedup - time.monotonic()
+        # The phone's clock: simulated time, ending the trip now (never in the future).
+        clock0 = time.time() - plan.duration_s if cfg.device_time else None
+        for send in sends:
+            delay = started + send.t_s / cfg.speedup - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
             if ctx.now() > cfg.deadline_s:
                 m.error("rider_deadline", track.tracking_id)
                 break
-            if await _send(ctx, reporter, track, u, transport) and u.status == "DELIVERED":
+            m.counts[f"phone_{send.kind}"] += 1
+            if send.kind == "batch":
+                assert clock0 is not None, "offline buffering needs device_time"
+                await _send_batch(ctx, reporter, track, send, transport, clock0)
+            else:
+                [u] = send.fixes
+                at = None if clock0 is None else clock0 + u.t_s
+                await _send(ctx, reporter, track, u, transport, at, send)
+            if track.delivered:
                 delivered = True
         if delivered and plan.index in cfg.invalid:  # anything after DELIVERED is refused
             await _send_invalid(ctx, reporter, plan.updates[-1], "IN_TRANSIT", "")
@@ -196,12 +238,16 @@ async def ride(ctx: Ctx, plan: DeliveryPlan, track: SessionTrack, use_ws: bool) 
         m.counts["deliveries_completed"] += 1
 
 
-async def _send(ctx: Ctx, reporter: Reporter, track: SessionTrack, u: Update, via: str) -> bool:
+async def _send(
+    ctx: Ctx, reporter: Reporter, track: SessionTrack, u: Update, via: str,
+    recorded_at: float | None = None, send: Send | None = None,
+) -> bool:
     """Send one update; after a failure that leaves it unknown whether the server applied it,
     look at the session and send again if not (as a rider app retries), up to 3 times. While
     the server's processes are being killed (`survive_outages`), keep retrying what a
     restarting server refuses or drops, with backoff, for up to `outage_retry_s`."""
     m, cfg = ctx.metrics, ctx.cfg
+    body = u.body(recorded_at)
     want = track.acked_seq + 1
     m.counts["updates_sent"] += 1
     m.counts[f"updates_sent_{via}"] += 1
@@ -219,7 +265,7 @@ async def _send(ctx: Ctx, reporter: Reporter, track: SessionTrack, u: Update, vi
             m.counts["update_retries"] += 1
         attempt += 1
         try:
-            view = await reporter.send(u.body())
+            view = await reporter.send(body)
         except Refused as e:
             if give_up_at is None or not _transient(e) or time.monotonic() >= give_up_at:
                 del track.sent_at[want]
@@ -256,6 +302,19 @@ async def _send(ctx: Ctx, reporter: Reporter, track: SessionTrack, u: Update, vi
             m.ack_ws_s.append(time.monotonic() - sent)
     m.counts["updates_acked"] += 1
     seq = view.get("seq")
+    reason = view.get("filtered")
+    if reason is not None:
+        m.counts["fixes_filtered"] += 1
+        m.counts[f"fixes_filtered_{reason}"] += 1
+        if send is None or not send.dropped:
+            m.error("fix_filtered_unexpectedly", f"{track.tracking_id}: {reason} {body}")
+        if seq == want - 1:  # nothing changed: no seq was used
+            track.sent_at.pop(want, None)
+            return True
+    elif send is not None and send.dropped:
+        m.counts["noise_kept"] += 1
+        m.error("noise_kept", f"{track.tracking_id}: a {send.kind} fix was kept: {body}")
+    _note_approach(track, view, exact=True)
     if seq != want and isinstance(seq, int):
         m.error("ack_seq_mismatch", f"{track.tracking_id}: expected seq {want}, ack says {seq}")
         track.sent_at[seq] = track.sent_at.pop(want)
@@ -272,6 +331,83 @@ async def _send(ctx: Ctx, reporter: Reporter, track: SessionTrack, u: Update, vi
                 f"{track.tracking_id}: sent {u.status}, got {view.get('status')}",
             )
     return True
+
+
+async def _send_batch(
+    ctx: Ctx, reporter: Reporter, track: SessionTrack, send: Send, via: str, clock0: float
+) -> None:
+    """Send a phone's buffered fixes as one batch; re-send it whole after a failure that leaves
+    its fate unknown (what was applied comes back as duplicates)."""
+    m = ctx.metrics
+    fixes = [u.body(clock0 + u.t_s) for u in send.fixes]
+    want = track.acked_seq + 1
+    m.counts["batches_sent"] += 1
+    m.counts["batch_fixes"] += len(fixes)
+    m.counts["updates_sent"] += len(fixes)
+    m.counts[f"updates_sent_{via}"] += len(fixes)
+    sent = time.monotonic()
+    for k in range(len(fixes)):  # if all are kept; trimmed to the seqs they got
+        track.sent_at[want + k] = sent
+    answer: dict[str, Any] | None = None
+    for attempt in range(3):
+        if attempt:
+            m.counts["update_retries"] += 1
+        try:
+            answer = await reporter.send_batch(fixes)
+            break
+        except Refused as e:
+            m.error(f"batch_refused_{e.code}", f"{track.tracking_id}: {e.detail}")
+            break
+        except Uncertain as e:
+            m.error(f"batch_uncertain_{e}", track.tracking_id)
+    view = (answer or {}).get("view")
+    if answer is None or not isinstance(view, dict):
+        for k in range(len(fixes)):
+            track.sent_at.pop(want + k, None)
+        return
+    m.ack_s.append(time.monotonic() - sent)
+    results = answer.get("fixes") or []
+    used = {r.get("seq") for r in results}
+    for k in range(len(fixes)):
+        if want + k not in used:
+            track.sent_at.pop(want + k, None)
+    for u, r in zip(send.fixes, results, strict=False):
+        if r.get("filtered"):
+            m.counts["fixes_filtered"] += 1
+            m.counts[f"fixes_filtered_{r['filtered']}"] += 1
+        if r.get("late"):
+            m.counts["batch_late"] += 1
+        if r.get("kept") and isinstance(r.get("seq"), int):
+            track.acked[r["seq"]] = (u.lat, u.lng, u.status)
+    m.counts["updates_acked"] += sum(1 for r in results if r.get("kept"))
+    _steps_to(track, view.get("status"))
+    _note_approach(track, view, exact=False)
+    if isinstance(view.get("seq"), int):
+        track.acked_seq = max(track.acked_seq, view["seq"])
+
+
+def _same_fix(echo: object, body: dict[str, Any]) -> bool:
+    return isinstance(echo, dict) and all(
+        echo.get(k) == body.get(k) for k in ("lat", "lng", "recorded_at")
+    )
+
+
+def _steps_to(track: SessionTrack, status: object) -> None:
+    """Record the status steps up to `status` (a batch may take several; the machine is linear)."""
+    if status not in STATUSES:
+        return
+    have = track.statuses[-1] if track.statuses else "ASSIGNED"
+    for s in STATUSES[STATUSES.index(have) + 1 : STATUSES.index(str(status)) + 1]:
+        track.statuses.append(s)
+    track.delivered = track.delivered or status == "DELIVERED"
+
+
+def _note_approach(track: SessionTrack, view: dict[str, Any], exact: bool) -> None:
+    """The first answer showing a milestone: a single fix's is the view of the change that
+    fired it (exact); a batch's is its last (a guess, which the watchers correct)."""
+    status = view.get("status")
+    if track.approach_guess is None and view.get("proximity") in ("approaching", "arrived"):
+        track.approach_guess = str(status) if exact or status else None
 
 
 async def _applied_after_outage(

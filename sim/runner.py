@@ -26,6 +26,7 @@ from sim.context import SliceConfig
 from sim.expect import evaluate
 from sim.fleet import run_slice
 from sim.integrations import IntegrationReport, check_calls, expected_calls
+from sim.phone import Noise
 from sim.report import build_report, figures
 from sim.scenario import Fault, RunConfig, ScenarioError
 from sim.stats import Metrics
@@ -95,8 +96,12 @@ def run(cfg: RunConfig, target: Target) -> dict[str, Any]:
             tail_grace_s=cfg.tail_grace_s,
             reconnect=cfg.deliveries_with("watcher_reconnect"),
             invalid=cfg.deliveries_with("invalid_transition"),
+            device_time=cfg.device_time,
+            noise=Noise(cfg.jump_ratio, cfg.duplicate_ratio, cfg.late_ratio),
+            offline=cfg.deliveries_with("rider_offline"),
             survive_outages=bool(cfg.server_faults),
             **_reconnect_settings(cfg),
+            **_offline_settings(cfg),
         )
         slices = [
             replace(base_slice, indices=tuple(range(k, cfg.riders, cfg.procs)))
@@ -124,6 +129,13 @@ def _reconnect_settings(cfg: RunConfig) -> dict[str, Any]:
     if f is None:
         return {}
     return {"reconnect_after_messages": f.after_messages, "reconnect_down_s": f.down_s}
+
+
+def _offline_settings(cfg: RunConfig) -> dict[str, Any]:
+    f = cfg.fault("rider_offline")
+    if f is None:
+        return {}
+    return {"offline_after": f.after_messages, "offline_fixes": f.fixes}
 
 
 def _cli_token() -> str:

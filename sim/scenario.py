@@ -18,7 +18,7 @@ from sim.route import City
 
 FAULT_KINDS = (
     "watcher_reconnect", "invalid_transition", "receiver_down", "receiver_failing",
-    "kill_shard", "restart_server",
+    "kill_shard", "restart_server", "rider_offline",
 )
 # Faults done to the server's processes: only to a server this run started itself.
 SERVER_FAULTS = ("kill_shard", "restart_server")
@@ -34,8 +34,10 @@ class ScenarioError(ValueError):
 class Fault:
     kind: str
     deliveries: int = 1  # per-delivery faults: how many deliveries get it
-    after_messages: int = 5  # watcher_reconnect: drop after this many updates seen
+    after_messages: int = 5  # watcher_reconnect: drop after this many updates seen;
+    # rider_offline: go offline after this many fixes of the plan
     down_s: float = 1.0  # watcher_reconnect: how long the watcher stays away
+    fixes: int = 6  # rider_offline: fixes buffered, then sent as one batch
     service: str = "orders"  # receiver faults: which stub
     at_s: float = 0.0  # receiver faults: seconds after the run starts
     seconds: float | None = None  # receiver faults: how long
@@ -72,6 +74,10 @@ class RunConfig:
     tail_grace_s: float = 120.0
     server_workers: int = 1
     server_env: Mapping[str, str] = field(default_factory=dict)
+    device_time: bool = False  # riders' fixes carry recorded_at (see sim/phone.py)
+    jump_ratio: float = 0.0
+    duplicate_ratio: float = 0.0
+    late_ratio: float = 0.0
     faults: tuple[Fault, ...] = ()
     expect: Mapping[str, int | float | str] = field(default_factory=dict)
 
@@ -80,6 +86,11 @@ class RunConfig:
             raise ScenarioError("need riders >= 1, watchers_per_delivery >= 0, procs >= 1")
         if not 0 <= self.http_ratio <= 1 or self.speedup <= 0:
             raise ScenarioError("need 0 <= http_ratio <= 1 and speedup > 0")
+        noise = (self.jump_ratio, self.duplicate_ratio, self.late_ratio)
+        if min(noise) < 0 or sum(noise) > 0.5:
+            raise ScenarioError("jump/duplicate/late ratios must be >= 0, at most 0.5 together")
+        if any(noise) and not self.device_time:
+            raise ScenarioError("jump/duplicate/late noise needs device_time = true")
         bad = [r for r in self.roles if r not in ROLES]
         if bad:
             raise ScenarioError(f"roles {bad}; known: {', '.join(ROLES)}")
@@ -105,6 +116,7 @@ _FLEET_KEYS = {
     "riders", "watchers_per_delivery", "roles", "http_ratio", "speedup", "procs",
     "start_spread_s", "connect_rate_per_s", "timeout_s", "eta_speed_kmh",
     "integration_wait_s", "tail_grace_s", "interval_s", "gps_noise_m", "phone_ratio", "vehicle_mix",
+    "device_time", "jump_ratio", "duplicate_ratio", "late_ratio",
 }  # fmt: skip
 
 

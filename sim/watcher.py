@@ -40,7 +40,10 @@ async def watch(ctx: Ctx, track: SessionTrack, role: str, number: int) -> None:
     m, cfg = ctx.metrics, ctx.cfg
     claim = ROLE_CLAIMS.get(role)
     tok = ctx.token(claim, f"{role}-{track.index}-{number}") if claim else None
-    url = f"{cfg.ws_url}/ws/tracking/{track.tracking_id}" + (f"?token={tok}" if tok else "")
+    # Milestone messages too (opt-in: API.md's clients see only the messages it lists).
+    url = f"{cfg.ws_url}/ws/tracking/{track.tracking_id}?milestones=true" + (
+        f"&token={tok}" if tok else ""
+    )
     check = StreamCheck(track.tracking_id, cfg.eta_speed_kmh)
     drop_after = cfg.reconnect_after_messages if number == 0 and track.index in cfg.reconnect else 0
     ready_sent = False
@@ -75,13 +78,15 @@ async def watch(ctx: Ctx, track: SessionTrack, role: str, number: int) -> None:
                     msg: dict[str, Any] = orjson.loads(raw)
                     if cfg.survive_outages and await _bridged(ctx, track, check, msg):
                         continue
-                    before = check.last_seq
+                    before = check.received
                     check.feed(msg)
                     if not ready_sent and msg.get("type") == "initial_state":
                         ready_sent = True
                         track.watcher_ready()
-                    if msg.get("type") == "location_update" and check.last_seq != before:
-                        _count_message(ctx, track, msg, got)
+                    if msg.get("type") == "location_update" and check.received != before:
+                        _count_message(ctx, track, msg, got)  # live, not replayed
+                    if track.approach_seen is None and check.approach_status is not None:
+                        track.approach_seen = check.approach_status
                     if drop_after and check.received == drop_after:
                         drop_after = 0
                         ws = await _reconnect(ctx, ws, url, check, track)
@@ -118,14 +123,18 @@ def _count_message(ctx: Ctx, track: SessionTrack, msg: dict[str, Any], got: floa
 async def _reconnect(
     ctx: Ctx, ws: ClientConnection, url: str, check: StreamCheck, track: SessionTrack
 ) -> ClientConnection | None:
-    """Fault: drop the socket, stay away a while, come back, and catch up from the history."""
+    """Fault: drop the socket, stay away a while, come back with `since_seq` (the server
+    replays what was missed), or catch up from the history when it cannot."""
     m = ctx.metrics
     track.sockets.discard(ws)
     await ws.close()
     ctx.open_sockets -= 1
+    # Dropped right after a location_update: the rest of that change (status change,
+    # milestones) may not have been read, so resume from the seq before it.
+    since = check.rewind_last()
     await asyncio.sleep(ctx.cfg.reconnect_down_s)
     try:
-        new = await _open(ctx, url)
+        new = await _open(ctx, f"{url}&since_seq={since}")
     except (OSError, TimeoutError, WebSocketException) as e:
         m.error(f"reconnect_{type(e).__name__}", track.tracking_id)
         m.counts["connection_failures"] += 1
@@ -133,13 +142,14 @@ async def _reconnect(
     ctx.open_sockets += 1
     track.sockets.add(new)
     m.counts["reconnects"] += 1
-    seen = check.last_seq or 0
-    check.reconnected()
+    check.reconnected(resume=True)
     first = orjson.loads(await new.recv())
     check.feed(first)
+    if first.get("recovered") is True:
+        return new  # the replay follows on this socket
     now_seq = (first.get("data") or {}).get("seq")
-    if isinstance(now_seq, int) and now_seq > seen:
-        await _catch_up(ctx, track, seen, now_seq)
+    if isinstance(now_seq, int) and now_seq > since:
+        await _catch_up(ctx, track, since, now_seq)
     return new
 
 
@@ -251,10 +261,17 @@ def _fold(ctx: Ctx, track: SessionTrack, check: StreamCheck) -> None:
     lost = check.finish(track.final_seq) if check.first_seq is not None else 0
     c = m.counts
     c["messages_received"] += check.received
+    c["messages_replayed"] += check.replayed
     c["messages_lost"] += check.gaps
     c["messages_lost_tail"] += lost
     c["messages_conflated"] += check.conflated
-    c["messages_expected"] += check.received + check.gaps + check.conflated
+    c["messages_expected"] += check.received + check.replayed + check.gaps + check.conflated
+    c["resumed"] += check.resumed
+    c["flaps"] += check.flaps
+    if check.delivered:
+        c["milestone_streams"] += 1
+        c["approached_once"] += check.approaching == 1
+        c["arrived_once"] += check.arrived == 1
     c["status_changes_received"] += check.status_changes
     c["out_of_order"] += check.out_of_order
     c["duplicates"] += check.duplicates

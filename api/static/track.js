@@ -1,5 +1,7 @@
-// The public tracking page: one session's view, live over /ws/tracking/{id}, with the trail
-// from /tracking/{id}/history. Reconnects with backoff and catches up by `seq` afterwards.
+// The public tracking page: one session's view, live over /ws/tracking/{id}. The socket resumes
+// by `seq` (`?since_seq=N`: the server replays what the page missed, the whole trail from 0);
+// /tracking/{id}/history only when the server cannot replay that far back. Reconnects with
+// backoff. A share link's token (`?share=`) opens the session's view and socket.
 
 import { formatDistance, haversineKm } from "./geo.js";
 import { TrackMap } from "./track-map.js";
@@ -20,6 +22,11 @@ const HISTORY_PAGE = 500;
 const $ = (id) => document.getElementById(id);
 const meta = (name) => document.querySelector(`meta[name="${name}"]`)?.content ?? "";
 const trackingId = meta("tracking-id");
+const shareToken = new URLSearchParams(location.search).get("share") ?? "";
+const PROXIMITY = {
+  approaching: "Your rider is almost there.",
+  arrived: "Your rider has arrived.",
+};
 const clock = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit" });
 
 const state = {
@@ -46,7 +53,9 @@ const map = new TrackMap($("map"), {
 });
 
 async function getJSON(path) {
-  const res = await fetch(path, { headers: { Accept: "application/json" }, cache: "no-store" });
+  const headers = { Accept: "application/json" };
+  if (shareToken) headers.Authorization = `Bearer ${shareToken}`;
+  const res = await fetch(path, { headers, cache: "no-store" });
   let body = null;
   try { body = await res.json(); } catch { body = null; }
   return { status: res.status, body };
@@ -61,16 +70,17 @@ function apiPath(suffix = "") {
 function applyView(view, { fromSocket = false } = {}) {
   if (state.terminal === "expired" || state.terminal === "notfound") return;
   const seq = Number.isInteger(view.seq) ? view.seq : null;
-  if (seq !== null && state.view && seq < state.seq) return; // older than what we show
-  const previous = state.view?.status;
-  state.view = view;
-  if (seq !== null) state.seq = Math.max(state.seq, seq);
   const loc = view.current_location;
   if (loc && seq !== null) state.trail.set(seq, { lat: loc.lat, lng: loc.lng });
   if (seq !== null && fromSocket) {
     if (seq <= state.contiguous + 1) state.contiguous = Math.max(state.contiguous, seq);
-    else catchUp(); // a gap: the server dropped or we missed updates while away
+    else catchUp(); // a gap: the server dropped updates while the socket was slow
   }
+  // A replayed message older than what we show still adds to the trail (above), nothing else.
+  if (seq !== null && state.view && seq < state.seq) { render(false); return; }
+  const previous = state.view?.status;
+  state.view = view;
+  if (seq !== null) state.seq = Math.max(state.seq, seq);
   if (previous && view.status !== previous && !(view.status in state.stepTimes)) {
     state.stepTimes[view.status] = view.updated_at;
   }
@@ -80,7 +90,10 @@ function applyView(view, { fromSocket = false } = {}) {
 
 function mergeHistory(items) {
   for (const item of items) {
-    if (item.lat != null && item.lng != null) state.trail.set(item.seq, { lat: item.lat, lng: item.lng });
+    // A late fix (from a phone's offline buffer) is history, not the route as it was ridden.
+    if (item.lat != null && item.lng != null && !item.late) {
+      state.trail.set(item.seq, { lat: item.lat, lng: item.lng });
+    }
     // History comes in seq order, so the first item with a status is when it was reached.
     if (item.status && !(item.status in state.stepTimes)) state.stepTimes[item.status] = item.at;
   }
@@ -137,6 +150,11 @@ function finish(kind) {
     $("notice-body").textContent =
       "Tracking links only work for a limited time. If you are still waiting for your order, please contact the store.";
     $("status-text").textContent = "This tracking link has expired.";
+  } else if (kind === "badlink") {
+    $("live").hidden = true;
+    $("notice-title").textContent = "This link does not work";
+    $("notice-body").textContent = state.lastError || "Please open the whole link from your message.";
+    $("status-text").textContent = "This link does not work.";
   } else if (kind === "notfound") {
     $("live").hidden = true;
     $("notice-title").textContent = "We couldn't find this delivery";
@@ -163,6 +181,7 @@ function render(statusChanged) {
   }
   renderSteps(v.status);
   renderFacts(v);
+  renderProximity(v);
   const trail = [...state.trail.entries()].sort((a, b) => a[0] - b[0]).map((e) => e[1]);
   map.update({ rider: v.current_location, dropoff: v.dropoff, trail });
   $("map-caption").textContent = mapCaption(v);
@@ -208,6 +227,14 @@ function renderFacts(v) {
   }
 }
 
+function renderProximity(v) {
+  const box = $("proximity");
+  const text = v.status === "DELIVERED" ? "" : (PROXIMITY[v.proximity] ?? "");
+  box.textContent = text;
+  box.hidden = !text;
+  box.dataset.proximity = v.status === "DELIVERED" ? "" : (v.proximity ?? "");
+}
+
 function mapCaption(v) {
   if (!v.current_location) return "Map showing the drop-off; waiting for the rider's location.";
   if (v.status === "DELIVERED") return "Map of the delivery route to the drop-off.";
@@ -229,7 +256,11 @@ function connect() {
   state.retryAt = 0;
   setConn("connecting");
   const scheme = location.protocol === "https:" ? "wss" : "ws";
-  const ws = new WebSocket(`${scheme}://${location.host}/ws/tracking/${encodeURIComponent(trackingId)}`);
+  // Resume after everything we hold in order: from 0 the server replays the whole trail.
+  const query = new URLSearchParams({ since_seq: String(state.contiguous), milestones: "true" });
+  if (shareToken) query.set("token", shareToken);
+  const ws = new WebSocket(
+    `${scheme}://${location.host}/ws/tracking/${encodeURIComponent(trackingId)}?${query}`);
   state.ws = ws;
   state.lastError = "";
   ws.onmessage = (event) => {
@@ -240,12 +271,19 @@ function connect() {
       state.attempt = 0;
       setConn("live");
       applyView(msg.data);
-      catchUp(); // whatever happened while we were away
-    } else if (msg.type === "location_update" || msg.type === "status_change") {
+      // recovered: what we missed follows on this socket. Otherwise (too far back) the history.
+      if (msg.recovered !== true) catchUp();
+    } else if (msg.type === "location_update") {
+      applyView(msg.data, { fromSocket: true });
+    } else if (msg.type === "status_change") {
+      if (!(msg.data.status in state.stepTimes)) state.stepTimes[msg.data.status] = msg.data.updated_at;
+      applyView(msg.data, { fromSocket: true });
+    } else if (msg.type === "rider_approaching" || msg.type === "rider_arrived") {
       applyView(msg.data, { fromSocket: true });
     } else if (msg.type === "error") {
       state.lastError = String(msg.message ?? "");
       if (/expired/i.test(state.lastError)) finish("expired");
+      else if (/share link/i.test(state.lastError)) finish("badlink");
     }
   };
   ws.onclose = async (event) => {
@@ -297,12 +335,14 @@ async function start() {
   try {
     const res = await getJSON(apiPath());
     if (res.status === 404 || res.status === 410) { await classifyGone(res.status); return; }
-    if (res.status === 200 && res.body) {
-      applyView(res.body);
-      await catchUp();
+    if (res.status === 401 || res.status === 403) {
+      state.lastError = String(res.body?.detail ?? "");
+      finish(/expired/i.test(state.lastError) ? "expired" : "badlink");
+      return;
     }
+    if (res.status === 200 && res.body) applyView(res.body);
   } catch {
-    // The socket below retries with backoff; it brings the view and triggers the catch-up.
+    // The socket below retries with backoff; it brings the view and the trail.
   }
   connect();
 }

@@ -21,3 +21,10 @@ def eta_seconds(
         return None
     distance = haversine_km(lat, lng, dropoff_lat, dropoff_lng)
     return max(60, round(distance / speed_kmh * 3600))
+
+
+def eta_from_km(distance_km: float, status: Status, speed_kmh: float) -> int:
+    """`eta_seconds` for a distance already known (the session measures it once per fix)."""
+    if status is Status.DELIVERED:
+        return 0
+    return max(60, round(distance_km / speed_kmh * 3600))

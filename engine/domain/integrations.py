@@ -11,7 +11,7 @@ from urllib.parse import quote
 
 import orjson
 
-from engine.domain.session import Change, Session
+from engine.domain.session import APPROACHING, Change, Session
 from engine.domain.status import Status
 
 ORDER = "order"
@@ -63,15 +63,25 @@ def _notification(session: Session, event: str, status: Status, at: float) -> Ou
 def owed_calls(
     session: Session, change: Change, order_service: bool, notification_service: bool
 ) -> list[OutboxItem]:
-    """What `change` (already applied to `session`) owes to the configured services."""
+    """What `change` (already applied to `session`) owes to the configured services.
+
+    `rider_approaching` (once per delivery, only with a phone) goes after the status change it
+    came with, except before `delivered`: the rider approached, then delivered."""
     out: list[OutboxItem] = []
     if change.seq == 1:
         if notification_service and session.phone:
             out.append(_notification(session, "tracking_started", Status.ASSIGNED, change.at))
         return out
+    approaching = (
+        notification_service and bool(session.phone) and bool(change.flags & APPROACHING)
+    )
     if change.previous_status is None:
+        if approaching:
+            out.append(_notification(session, "rider_approaching", change.status, change.at))
         return out
     if change.status is Status.DELIVERED:
+        if approaching:
+            out.append(_notification(session, "rider_approaching", change.status, change.at))
         if order_service:
             body = {
                 "status": "DELIVERED",
@@ -87,4 +97,6 @@ def owed_calls(
             out.append(_notification(session, "delivered", change.status, change.at))
     elif notification_service:
         out.append(_notification(session, "status_changed", change.status, change.at))
+        if approaching:
+            out.append(_notification(session, "rider_approaching", change.status, change.at))
     return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import msgspec
 
+from engine.domain.proximity import Milestone
 from engine.domain.status import Status
 
 
@@ -26,8 +27,10 @@ class Point(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     lng: float
 
 
-class View(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """What every endpoint and message returns for a session; never the customer's phone."""
+class View(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """What every endpoint and message returns for a session; never the customer's phone.
+    The optional fields appear only when set, so a session's view is the same everywhere for one
+    seq (clients compare them): `watchers` only where asked for (it changes without a seq)."""
 
     tracking_id: str
     order_id: str
@@ -39,10 +42,13 @@ class View(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     updated_at: int
     seq: int
     started_at: int
+    watchers: int | None = None  # sockets watching the session, in every API process
+    proximity: Milestone | None = None  # the last milestone reached: approaching, arrived
 
 
-class HistoryItem(msgspec.Struct, frozen=True):
-    """One accepted change, as `GET /tracking/{id}/history` lists it."""
+class HistoryItem(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One accepted change, as `GET /tracking/{id}/history` lists it. `lat`/`lng` are null for
+    a status change whose fix was dropped; the optional fields appear when they say something."""
 
     seq: int
     status: Status
@@ -50,4 +56,7 @@ class HistoryItem(msgspec.Struct, frozen=True):
     lat: float | None
     lng: float | None
     at: int
+    recorded_at: int | None = None  # the fix's device time, when the phone sent one
+    late: bool = False  # the fix was older than the current location: history only
+    milestones: tuple[Milestone, ...] = ()  # what this change fired, in order
 

@@ -26,8 +26,9 @@ class StoreError(TrackingError):
 
 # A journaled change: (journal id, journal id of the session's previous change or 0, change).
 Entry = tuple[int, int, Change]
-# A session's state in a checkpoint: (tracking id, seq, status, lat, lng, at, journal id).
-CheckpointRow = tuple[str, int, str, float | None, float | None, float, int]
+# A session's state in a checkpoint: (tracking id, seq, status, lat, lng, at, journal id,
+# time of the location, milestone flags). Version 3 wrote only the first seven.
+CheckpointRow = tuple[str, int, str, float | None, float | None, float, int, float | None, int]
 
 
 class Store(Protocol):

@@ -42,7 +42,16 @@ import psycopg
 
 from engine.domain.integrations import OutboxItem
 from engine.domain.outbox_policy import Outcome
-from engine.domain.session import ROW_COLUMNS, Lifetimes, Session, SessionRow
+from engine.domain.session import (
+    APPROACHING,
+    ARRIVED,
+    LATE,
+    ROW_COLUMNS,
+    Lifetimes,
+    Session,
+    SessionRow,
+    milestones_of,
+)
 from engine.domain.status import Status
 from engine.domain.view import HistoryItem
 from engine.store.base import (
@@ -58,7 +67,7 @@ from engine.store.recovery import JournalRow, recover
 log = logging.getLogger(__name__)
 
 SCHEMA = "tracking"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: journal fix_at and flags (fix times; late fixes, milestones)
 # Advisory lock keys (two int4): this class, and the shard number (-1: schema changes).
 LOCK_CLASS = 0x74726B31
 SCHEMA_LOCK = -1
@@ -77,7 +86,9 @@ _SESSION_TYPES = {
 _SESSION_COLUMNS = ", ".join(ROW_COLUMNS)
 # Rows go in with binary COPY: the cheapest per row for the shard's own CPU (measured).
 _SESSION_COPY = ["int4", *(_SESSION_TYPES[c][0] for c in ROW_COLUMNS)]
-_JOURNAL_COPY = ["int4", "int8", "text", "int4", "text", "text", "float8", "float8", "float8"]
+_JOURNAL_COPY = [
+    "int4", "int8", "text", "int4", "text", "text", "float8", "float8", "float8", "float8", "int4",
+]
 _OUTBOX_COPY = ["int4", "text", "text", "text", "bytea", "text", "float8"]
 
 DDL = f"""
@@ -97,6 +108,7 @@ CREATE TABLE journal (
     tracking_id text NOT NULL, seq integer NOT NULL, status text NOT NULL,
     previous_status text, lat double precision, lng double precision,
     at double precision NOT NULL,
+    fix_at double precision, flags integer NOT NULL DEFAULT 0,
     PRIMARY KEY (shard, id)
 );
 CREATE INDEX journal_history ON journal (tracking_id, seq);
@@ -157,6 +169,12 @@ def ensure_schema(conn: Conn, url: str, shards: int) -> None:
                 )
                 return
             meta: dict[str, str] = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+            if meta.get("schema_version") == "1":  # journal rows of version 1: plain changes
+                conn.execute("ALTER TABLE journal ADD COLUMN fix_at double precision,"
+                             " ADD COLUMN flags integer NOT NULL DEFAULT 0")  # fmt: skip
+                conn.execute("UPDATE meta SET value = %s WHERE key = 'schema_version'",
+                             (str(SCHEMA_VERSION),))  # fmt: skip
+                meta["schema_version"] = str(SCHEMA_VERSION)
     except psycopg.Error as e:
         raise StoreError(f"the store at {redact(url)} cannot be used: {e}".strip()) from e
     version = int(meta.get("schema_version", "0"))
@@ -358,7 +376,7 @@ class PostgresStore:
         with self.conn.transaction(), self.conn.cursor(name="replay") as cur:
             cur.itersize = 20_000
             cur.execute(
-                "SELECT id, tracking_id, seq, status, lat, lng, at FROM journal"
+                "SELECT id, tracking_id, seq, status, lat, lng, at, fix_at, flags FROM journal"
                 " WHERE shard = %s AND id > %s ORDER BY id", (self.shard, upto),
             )
             yield from cur
@@ -387,14 +405,14 @@ class PostgresStore:
             if entries:
                 with cur.copy(
                     "COPY journal (shard, id, tracking_id, seq, status, previous_status, lat, lng,"
-                    " at) FROM STDIN (FORMAT BINARY)"
+                    " at, fix_at, flags) FROM STDIN (FORMAT BINARY)"
                 ) as cp:
                     cp.set_types(_JOURNAL_COPY)
                     for jid, _, ch in entries:
                         cp.write_row((
                             shard, jid, ch.tracking_id, ch.seq, ch.status.value,
                             ch.previous_status.value if ch.previous_status else None,
-                            ch.lat, ch.lng, ch.at,
+                            ch.lat, ch.lng, ch.at, ch.fix_at, ch.flags,
                         ))
             if outbox:
                 with cur.copy(
@@ -432,14 +450,18 @@ class PostgresStore:
         if head <= 0:
             return []
         cur = self.conn.execute(
-            "SELECT seq, status, previous_status, lat, lng, at FROM journal"
+            "SELECT seq, status, previous_status, lat, lng, at, fix_at, flags FROM journal"
             " WHERE tracking_id = (SELECT tracking_id FROM journal WHERE shard = %s AND id = %s)"
             " AND seq > %s ORDER BY seq LIMIT %s",
             (self.shard, head, since_seq, limit),
         )
         return [
-            HistoryItem(seq, Status(st), Status(prev) if prev else None, lat, lng, int(at))
-            for seq, st, prev, lat, lng, at in cur
+            HistoryItem(
+                seq, Status(st), Status(prev) if prev else None, lat, lng, int(at),
+                None if fix_at is None else int(fix_at), bool(flags & LATE),
+                milestones_of(flags) if flags & (APPROACHING | ARRIVED) else (),
+            )
+            for seq, st, prev, lat, lng, at, fix_at, flags in cur
         ]
 
     def purge(self, sessions: Sequence[tuple[str, int]]) -> None:

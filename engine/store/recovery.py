@@ -5,6 +5,10 @@ while the shard serves calls: fuzzy), so a journal row replaces a session's stat
 its seq is newer. A checkpoint that cannot be trusted (ahead of the journal, or missing
 sessions the store still holds) is ignored and the whole journal replayed: the checkpoint only
 saves time, the journal has everything.
+
+A session's state is its last change's seq, status and time, its current location (from its
+last change that had one and was not late: a status change whose fix was dropped, or a late fix,
+leaves it where it was) with that location's time, and the milestones it fired (flags).
 """
 
 from __future__ import annotations
@@ -12,16 +16,21 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Mapping
 
-from engine.domain.session import Change, Lifetimes, Session, SessionRow
+from engine.domain.session import APPROACHING, ARRIVED, LATE, Change, Lifetimes, Session, SessionRow
 from engine.domain.status import Status
 from engine.store.base import CheckpointRow
 
 log = logging.getLogger(__name__)
 
-# A journal row as recovery reads it: (journal id, tracking id, seq, status, lat, lng, at).
-JournalRow = tuple[int, str, int, str, float | None, float | None, float]
-# A session's last known state: (seq, status, lat, lng, at, journal id of that change).
-_State = tuple[int, str, float | None, float | None, float, int]
+# A journal row as recovery reads it: (journal id, tracking id, seq, status, lat, lng, at,
+# fix_at, flags).
+JournalRow = tuple[
+    int, str, int, str, float | None, float | None, float, float | None, int
+]
+# A session's last known state: (seq, status, lat, lng, at, journal id of that change, time of
+# the location, milestone flags).
+_State = tuple[int, str, float | None, float | None, float, int, float | None, int]
+_MILESTONES = APPROACHING | ARRIVED
 
 
 def recover(
@@ -46,8 +55,8 @@ def recover(
         log.warning("checkpoint %s misses sessions; replaying the whole journal", where)
         state, upto = _replay(facts, None, rows_after)
     out = []
-    for tid, (seq, status, lat, lng, at, head) in state.items():
-        last = Change(tid, seq, Status(status), None, lat, lng, at)
+    for tid, (seq, status, lat, lng, at, head, loc_at, flags) in state.items():
+        last = Change(tid, seq, Status(status), None, lat, lng, at, loc_at, flags)
         s = Session.restore(facts[tid], last, lt)
         s.head = head
         out.append(s)
@@ -63,12 +72,21 @@ def _replay(
     upto = 0
     if checkpoint is not None:
         upto = checkpoint[0]
-        for tid, seq, status, lat, lng, at, head in checkpoint[1]:
-            if tid in facts:
-                state[tid] = (seq, status, lat, lng, at, head)
-    for jid, tid, seq, status, lat, lng, at in rows_after(upto):
+        for tid, seq, status, lat, lng, at, head, *more in checkpoint[1]:
+            if tid in facts:  # rows written before fix times have no location time nor flags
+                loc_at = more[0] if more else at
+                marks = int(more[1]) if len(more) >= 2 and more[1] is not None else 0
+                state[tid] = (seq, status, lat, lng, at, head, loc_at, marks)
+    for jid, tid, seq, status, lat, lng, at, fix_at, flags in rows_after(upto):
         if tid in facts:
             old = state.get(tid)
             if old is None or seq > old[0]:
-                state[tid] = (seq, status, lat, lng, at, jid)
+                marks = (old[7] if old else 0) | (flags & _MILESTONES)
+                if lat is not None and not flags & LATE:
+                    state[tid] = (seq, status, lat, lng, at, jid,
+                                  at if fix_at is None else fix_at, marks)  # fmt: skip
+                elif old is not None:
+                    state[tid] = (seq, status, old[2], old[3], at, jid, old[6], marks)
+                else:
+                    state[tid] = (seq, status, None, None, at, jid, None, marks)
     return state, upto

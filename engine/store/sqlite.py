@@ -26,7 +26,15 @@ import orjson
 
 from engine.domain.integrations import OutboxItem
 from engine.domain.outbox_policy import Outcome
-from engine.domain.session import ROW_COLUMNS, Lifetimes, Session
+from engine.domain.session import (
+    APPROACHING,
+    ARRIVED,
+    LATE,
+    ROW_COLUMNS,
+    Lifetimes,
+    Session,
+    milestones_of,
+)
 from engine.domain.status import Status
 from engine.domain.view import HistoryItem
 from engine.store.base import (
@@ -40,13 +48,16 @@ from engine.store.recovery import JournalRow, recover
 
 log = logging.getLogger(__name__)
 
-# The journal and its marks, created by SCHEMA and by the migration from version 2.
+# The journal and its marks, created by SCHEMA and by the migration from version 2. `fix_at` is
+# the fix's device time (NULL: `at`), `flags` what else the change is (engine.domain.session:
+# LATE, APPROACHING, ARRIVED); both came with version 4.
 _JOURNAL = """
 CREATE TABLE IF NOT EXISTS journal (
     id INTEGER PRIMARY KEY,
     tracking_id TEXT NOT NULL, seq INTEGER NOT NULL, status TEXT NOT NULL,
     previous_status TEXT, lat REAL, lng REAL, at REAL NOT NULL,
-    prev INTEGER NOT NULL DEFAULT 0
+    prev INTEGER NOT NULL DEFAULT 0,
+    fix_at REAL, flags INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS marks (
     tracking_id TEXT NOT NULL, seq INTEGER NOT NULL, id INTEGER NOT NULL,
@@ -80,7 +91,7 @@ def checkpoint_path(db: Path) -> Path:
     return db.with_suffix(".checkpoint")
 
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # Every MARK_EVERY-th change of a session is also indexed by (session, seq), so reading a page
 # of history walks at most this many rows more than the page, however long the session.
 MARK_EVERY = 256
@@ -100,7 +111,7 @@ def _migrate_v2(conn: sqlite3.Connection) -> None:
             DROP TABLE journal;
             DROP TABLE history;
             {_JOURNAL}
-            INSERT INTO journal
+            INSERT INTO journal (id, tracking_id, seq, status, previous_status, lat, lng, at, prev)
               SELECT id, tracking_id, seq, status, previous_status, lat, lng, at,
                      COALESCE(LAG(id) OVER (PARTITION BY tracking_id ORDER BY seq), 0)
               FROM v2_changes ORDER BY id;
@@ -116,11 +127,27 @@ def _migrate_v2(conn: sqlite3.Connection) -> None:
         raise
 
 
+def _migrate_v3(conn: sqlite3.Connection) -> None:
+    """Version 3's journal had no fix times nor flags: every old row is an ordinary change.
+    (The shard and the dispatcher open a file at once: whichever locks first migrates it.)"""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if conn.execute("PRAGMA user_version").fetchone()[0] == 3:
+            conn.execute("ALTER TABLE journal ADD COLUMN fix_at REAL")
+            conn.execute("ALTER TABLE journal ADD COLUMN flags INTEGER NOT NULL DEFAULT 0")
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
 def _check_schema(conn: sqlite3.Connection, path: Path) -> None:
     """Refuse a file written by an incompatible version instead of failing on every write."""
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     columns = tuple(r[1] for r in conn.execute("PRAGMA table_info(sessions)"))
-    if columns not in ((), ROW_COLUMNS) or version not in (0, 2, SCHEMA_VERSION):
+    if columns not in ((), ROW_COLUMNS) or version not in (0, 2, 3, SCHEMA_VERSION):
         raise StoreError(
             f"store file {path} has schema version {version} with session columns "
             f"{len(columns)}, this version needs {SCHEMA_VERSION} with {len(ROW_COLUMNS)}: "
@@ -133,6 +160,8 @@ def _check_schema(conn: sqlite3.Connection, path: Path) -> None:
     ).fetchone()
     if version == 2 or (version == 0 and columns == ROW_COLUMNS and has_history):
         _migrate_v2(conn)
+    elif version == 3:
+        _migrate_v3(conn)
 
 
 def connect(path: Path, check: bool = False) -> sqlite3.Connection:
@@ -176,7 +205,7 @@ WITH RECURSIVE chain(id, prev, seq) AS (
     UNION ALL
     SELECT j.id, j.prev, j.seq FROM journal j JOIN chain c ON j.id = c.prev WHERE c.seq > ?2 + 1
 )
-SELECT j.seq, j.status, j.previous_status, j.lat, j.lng, j.at
+SELECT j.seq, j.status, j.previous_status, j.lat, j.lng, j.at, j.fix_at, j.flags
 FROM chain c JOIN journal j ON j.id = c.id WHERE c.seq > ?2 ORDER BY c.seq LIMIT ?3
 """
 
@@ -236,8 +265,8 @@ class SqliteStore:
 
         def rows_after(upto: int) -> Iterable[JournalRow]:
             return c.execute(
-                "SELECT id, tracking_id, seq, status, lat, lng, at FROM journal WHERE id > ?"
-                " ORDER BY id", (upto,),
+                "SELECT id, tracking_id, seq, status, lat, lng, at, fix_at, flags FROM journal"
+                " WHERE id > ? ORDER BY id", (upto,),
             )
 
         sessions, self._high = recover(
@@ -262,11 +291,11 @@ class SqliteStore:
             if rows:
                 c.executemany(f"INSERT INTO sessions VALUES ({marks})", rows)
             c.executemany(
-                "INSERT INTO journal VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO journal VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (jid, ch.tracking_id, ch.seq, ch.status.value,
                      ch.previous_status.value if ch.previous_status else None,
-                     ch.lat, ch.lng, ch.at, prev)
+                     ch.lat, ch.lng, ch.at, prev, ch.fix_at, ch.flags)
                     for jid, prev, ch in entries
                 ],
             )
@@ -317,8 +346,12 @@ class SqliteStore:
         mark = self.conn.execute(_MARK, (head, since_seq + limit)).fetchone()
         cur = self.conn.execute(_HISTORY, (mark[0] if mark else head, since_seq, limit))
         return [
-            HistoryItem(seq, Status(st), Status(prev) if prev else None, lat, lng, int(at))
-            for seq, st, prev, lat, lng, at in cur
+            HistoryItem(
+                seq, Status(st), Status(prev) if prev else None, lat, lng, int(at),
+                None if fix_at is None else int(fix_at), bool(flags & LATE),
+                milestones_of(flags) if flags & (APPROACHING | ARRIVED) else (),
+            )
+            for seq, st, prev, lat, lng, at, fix_at, flags in cur
         ]
 
     def purge(self, sessions: Sequence[tuple[str, int]]) -> None:

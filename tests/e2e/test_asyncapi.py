@@ -5,6 +5,8 @@ notice and the ops feed's snapshots, captured from a real server over real socke
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any
@@ -16,6 +18,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from harness import ServerProcess
+from tests.e2e import quality
 from tests.e2e.clients import Api, recv_json, run, send_update, ws_connect
 from tests.support import timeout
 
@@ -116,3 +119,42 @@ async def _drain(ws: ClientConnection) -> None:
         pytest.fail("the socket stayed open after the expiry notice")
     except ConnectionClosed:
         assert ws.close_code == 1008
+
+
+def test_the_quality_messages_validate(srv: ServerProcess) -> None:
+    """Milestones, a dropped fix's answer, a batch's answer and a resumed initial_state, captured
+    from a real server, validate against /asyncapi.json too."""
+    doc = httpx.get(srv.base_url + "/asyncapi.json", timeout=timeout(10)).json()
+    validate = _validator(doc, "watch")
+    names = {m["name"] for m in doc["components"]["messages"].values()}
+    assert {"rider_approaching", "rider_arrived", "fix_filtered", "location_batch_result",
+            "location_batch"} <= names  # fmt: skip
+    seen: dict[str, int] = {}
+    with Api(srv) as api:
+        view = api.start_ok()
+        tid, rider = view["tracking_id"], view["rider_id"]
+        t = time.time() - 300
+
+        async def body() -> None:
+            token = srv.token("rider", rider)
+            async with ws_connect(srv, f"{tid}?milestones=true&token={token}") as phone:
+                msgs = [await recv_json(phone)]
+                await phone.send(json.dumps({"type": "location_batch", "fixes": [
+                    quality.fix(3000, t, "PICKED_UP"), quality.fix(2900, t + 10, "IN_TRANSIT"),
+                    quality.fix(400, t + 200), quality.fix(300, t + 210),
+                    quality.fix(20, t + 240), quality.fix(10, t + 250),
+                ]}))
+                await phone.send(json.dumps({"type": "location_update",
+                                             "location": quality.fix(10, t + 250)}))
+                msgs += await quality.drain(phone, 1.5)
+            async with ws_connect(srv, f"{tid}?since_seq=3&milestones=true") as back:
+                msgs += [await recv_json(back), *await quality.drain(back, 1.0)]
+            for msg in msgs:
+                validate(msg)
+                seen[msg["type"]] = seen.get(msg["type"], 0) + 1
+            assert any(m.get("recovered") is True for m in msgs)
+
+        run(body(), seconds=60)
+    wanted = {"initial_state", "location_update", "status_change", "rider_approaching",
+              "rider_arrived", "fix_filtered", "location_batch_result"}  # fmt: skip
+    assert wanted <= set(seen), seen

@@ -55,3 +55,28 @@ def test_cli_exits_non_zero_and_names_the_failed_expectation(
     assert "0 lost" in captured.out
     assert out.with_suffix(".json").exists()
     assert out.with_suffix(".html").exists()
+
+
+def test_qa_quality_scenario_meets_its_expectations(server_factory: Factory) -> None:
+    # The shipped scenario as it is: noisy phones (jumps, duplicates, late and offline-buffered
+    # fixes), watchers resuming with since_seq, milestones; only the bounds scale with the box.
+    cfg = load_scenario(SCENARIOS / "qa-quality.toml")
+    cfg = dataclasses.replace(
+        cfg, timeout_s=timeout(cfg.timeout_s), integration_wait_s=timeout(cfg.integration_wait_s)
+    )
+    log = io.StringIO()
+    with IntegrationStubs() as stubs, server_factory(**stubs.env()) as srv:
+        report = run(cfg, Target(url=srv.base_url, secret=srv.secret, stubs=stubs, log=log))
+    assert report["failed_expectations"] == [], report["violations"]
+    q = report["quality"]
+    assert q["phone"]["jump"] > 0
+    assert q["phone"]["duplicate"] > 0
+    assert q["phone"]["late"] > 0
+    assert q["phone"]["batch"] == 4
+    assert q["filtered_by_reason"] == {"duplicate": q["phone"]["duplicate"],
+                                       "too_fast": q["phone"]["jump"]}  # fmt: skip
+    assert q["messages_replayed"] > 0
+    assert q["milestones"]["streams"] == cfg.riders * cfg.watchers_per_delivery
+    stats = report["target"]["server_stats"]
+    assert stats["fixes"]["late"] >= q["phone"]["late"]
+    assert stats["fixes"]["milestones"] == {"approaching": cfg.riders, "arrived": cfg.riders}

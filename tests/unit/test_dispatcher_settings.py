@@ -22,6 +22,9 @@ NOT_FOR_THE_DISPATCHER = frozenset({
     "limit_start_per_principal", "limit_start_per_ip", "limit_update_per_principal",
     "limit_update_per_ip", "limit_connect_per_principal", "limit_connect_per_ip",
     "start_check_order", "order_check_timeout_s", "metrics_port", "metrics_host",
+    "fix_max_age_s", "fix_max_future_s", "fix_max_accuracy_m", "fix_max_speed_kmh",
+    "approach_eta_s", "approach_radius_m", "arrival_radius_m", "batch_max_fixes",
+    "resume_max_changes",
 })
 
 

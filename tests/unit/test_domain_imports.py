@@ -30,6 +30,8 @@ DOMAIN = [
     "engine.domain.integrations",
     "engine.domain.outbox_policy",
     "engine.domain.view",
+    "engine.domain.fixes",
+    "engine.domain.proximity",
 ]
 # The packages importing a domain module runs first (`engine/__init__.py`, ...).
 DOMAIN_PACKAGES = ["engine", "engine.domain"]

@@ -18,6 +18,7 @@ from engine.store import StoreSpec, check_data_dir, check_store
 from engine.store.base import NullStore, StoreError
 from engine.store.sqlite import (
     SCHEMA,
+    SCHEMA_VERSION,
     SqliteStore,
     check_file,
     checkpoint_path,
@@ -141,7 +142,7 @@ def test_a_version_2_file_is_migrated(db: Path) -> None:
         assert {t: s.view() for t, s in loaded.items()} == {"TRK-a": a.view(), "TRK-b": b.view()}
         assert store.history(loaded["TRK-a"].head, 0, 100) == [history_item(c) for c in ca]
         assert store.history(loaded["TRK-b"].head, 0, 100) == [history_item(c) for c in cb]
-        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     finally:
         store.close()
 
@@ -156,7 +157,7 @@ def test_a_new_file_caught_mid_creation_is_not_migrated(db: Path) -> None:
         a = session("TRK-a", "ORD-a")
         store.commit([a], Ids()(starts(a)), [])
         assert [s.tracking_id for s in store.load_sessions(LT)] == ["TRK-a"]
-        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     finally:
         store.close()
 

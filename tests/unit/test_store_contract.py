@@ -425,3 +425,45 @@ def test_unconfigured_services_are_owed_nothing(backend: StoreBackend) -> None:
     assert shard_outbox(backend, "+233 20 555 0101", order=False, notify=False)[1] == []
     _, rows = shard_outbox(backend, None, order=True, notify=False, order_id="ORD-10")
     assert [r[0] for r in rows] == [ORDER]
+
+
+def test_fix_times_late_fixes_and_milestones_survive(backend: StoreBackend, store: Store) -> None:
+    """The journal keeps each fix's device time and what a change was besides (late, the
+    milestones it fired): the history shows them, and a reload restores the current location
+    (not a late fix's, nor lost to a status-only change) and what fired."""
+    from engine.domain.proximity import Milestone
+    from engine.domain.session import LATE, Rules
+
+    ids = Ids()
+    s = session("TRK-q", "ORD-q")
+    store.commit([s], ids(starts(s)), [])
+    rules, t = Rules(), T0 + 1000
+    south = lambda m: DROP[0] - m / 111_195.0  # noqa: E731
+    fixes: list[tuple[float, Status | None, float]] = [
+        (5000, Status.PICKED_UP, t - 600), (4000, Status.IN_TRANSIT, t - 500), (450, None, t - 200),
+        (480, None, t - 250), (400, None, t - 150), (20, None, t - 100), (10, None, t - 90),
+    ]  # fmt: skip
+    changes = []
+    for metres, status, at in fixes:
+        out = s.report(south(metres), DROP[1], status, t, LT, rules, at)
+        assert out.change is not None
+        changes.append(out.change)
+    out = s.report(0.0, 0.0, Status.DELIVERED, t, LT, rules, t - 80)  # dropped: status only
+    assert out.change is not None
+    changes.append(out.change)
+    store.commit([], ids(of(s, changes)), [])
+    items = store.history(s.head, 1, 100)
+    assert [(i.seq, i.recorded_at, i.late, i.milestones) for i in items] == [
+        (2, int(t - 600), False, ()), (3, int(t - 500), False, ()),
+        (4, int(t - 200), False, ()), (5, int(t - 250), True, ()),
+        (6, int(t - 150), False, (Milestone.APPROACHING,)), (7, int(t - 100), False, ()),
+        (8, int(t - 90), False, (Milestone.ARRIVED,)), (9, None, False, ()),
+    ]  # fmt: skip
+    assert items[-1].lat is None
+    assert changes[3].flags == LATE
+    store.close()
+    [back] = restored(backend).values()
+    assert back.view() == s.view()
+    assert back.view().proximity is Milestone.ARRIVED
+    assert back.view().current_location is not None
+    assert back.view().current_location.timestamp == int(t - 90)

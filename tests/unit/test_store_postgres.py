@@ -14,6 +14,7 @@ import pytest
 from pydantic import ValidationError
 
 from engine.clock import ManualClock
+from engine.domain.session import Rules
 from engine.protocol import Err, Ok, Start, Update
 from engine.settings import Settings
 from engine.shard import RELOAD_BACKOFF_S, Shard, ShardConfig
@@ -216,3 +217,27 @@ def test_the_store_url_setting() -> None:
     assert Settings(store_url="postgresql://db/tracking").store_url == "postgresql://db/tracking"
     with pytest.raises(ValidationError, match="postgresql://"):
         Settings(store_url="mysql://db/tracking")
+
+
+def test_a_version_1_database_gains_fix_times_and_flags(pg_url: str) -> None:
+    """Version 1 (before fix times) had no journal fix_at/flags: it is migrated in place, its
+    rows read as plain changes."""
+    first = PostgresStore(pg_url, 0, 1)
+    first.load_sessions(LT)
+    a = session("TRK-a", "ORD-a")
+    ids = Ids()
+    first.commit([a], ids(starts(a) + of(a, walk(a, [None])[1:])), [])
+    first.close()
+    sql(pg_url, "ALTER TABLE journal DROP COLUMN fix_at, DROP COLUMN flags")
+    sql(pg_url, "UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    again = PostgresStore(pg_url, 0, 1)
+    try:
+        [loaded] = again.load_sessions(LT)
+        assert loaded.view() == a.view()
+        assert sql(pg_url, "SELECT value FROM meta WHERE key = 'schema_version'") == [("2",)]
+        out = loaded.report(5.7, -0.19, None, T0 + 100, LT, Rules(), T0 + 90)
+        assert out.change is not None
+        again.commit([], ids(of(loaded, [out.change])), [])
+        assert again.history(loaded.head, 2, 10)[0].recorded_at == int(T0 + 90)
+    finally:
+        again.close()
