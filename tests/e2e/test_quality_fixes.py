@@ -57,7 +57,7 @@ def test_dropped_fixes_answer_the_unchanged_view_and_are_never_broadcast(
         for reason in ("duplicate", "null_island", "inaccurate", "in_future", "too_old",
                        "too_fast"):  # fmt: skip
             assert filtered.get(reason, 0) >= 1, (reason, filtered)
-        metrics = httpx.get(server.base_url + "/metrics", timeout=timeout(10)).text
+        metrics = api.http.get("/metrics", headers=api.auth("superadmin", "ops")).text
         assert 'tracking_fixes_filtered_total{reason="too_fast"}' in metrics
 
 
