@@ -65,7 +65,8 @@ class Watcher:
     """One local socket watching one session."""
 
     __slots__ = (
-        "closed", "held", "maxlen", "milestones", "min_seq", "sink", "stalled_since", "tracking_id",
+        "closed", "held", "last_seq", "maxlen", "milestones", "min_seq", "sink", "stalled_since",
+        "tracking_id",
     )  # fmt: skip
 
     def __init__(
@@ -79,6 +80,7 @@ class Watcher:
         self.milestones = milestones
         self.held: deque[tuple[Out, int, bytes]] = deque()  # waiting for the buffer to drain
         self.min_seq: int | None = None  # None until initial_state was written
+        self.last_seq = -1  # the newest event this socket was given
         self.closed = False
         self.stalled_since: float | None = None
 
@@ -89,6 +91,8 @@ class Watcher:
         min_seq = self.min_seq
         if min_seq is not None and seq <= min_seq and kind is not Out.EXPIRED:
             return  # initial_state already showed it
+        if seq > self.last_seq:
+            self.last_seq = seq
         if min_seq is None or self.held or not self.sink.ready:
             self._hold(kind, seq, frame)
             return
@@ -121,6 +125,7 @@ class Watcher:
         """Write initial_state, then (resuming) what the socket missed, then what arrived
         meanwhile and is newer."""
         self.min_seq = watched.seq
+        self.last_seq = max(self.last_seq, watched.seq)
         self.sink.write(prepare_text(initial_state(watched.view, watched.recovered)))
         held, self.held = self.held, deque()
         for e in watched.missed:
@@ -129,7 +134,15 @@ class Watcher:
         for kind, seq, frame in held:
             self.offer(kind, seq, frame)
 
+    def offer_current(self, seq: int, frame: bytes) -> None:
+        """The session's current state after a resync: only if this socket has not seen it
+        (a socket that already had that seq's event would get it twice)."""
+        if self.min_seq is not None and seq <= self.last_seq:
+            return
+        self.offer(Out.LOCATION, seq, frame)
+
     def _replay(self, kind: Out, seq: int, frame: bytes) -> None:
+        self.last_seq = max(self.last_seq, seq)
         # In order, never conflated: a replay is bounded by the shard (TRACKING_RESUME_MAX_...).
         if self.held or not self.sink.ready:
             self.held.append((kind, seq, frame))
@@ -353,4 +366,4 @@ class Gateway:
             self._hold_view(tid, watched)
             frame = prepare_text(location_update(watched.view))
             for w in list(self.subs.get(tid, ())):
-                w.offer(Out.LOCATION, watched.seq, frame)
+                w.offer_current(watched.seq, frame)

@@ -17,12 +17,14 @@ from contextlib import AbstractContextManager
 
 import httpx
 import pytest
+from websockets.asyncio.client import ClientConnection
 
 from engine.domain.routing import shard_of
 from engine.runtime import ray_cluster as ray_runtime
 from engine.settings import Settings
 from harness import ServerProcess
 from sim.stubs import IntegrationStubs
+from tests.e2e.clients import recv_json, ws_connect
 from tests.e2e.durability import RiderStream, verify_durable
 from tests.support import timeout, until
 
@@ -59,6 +61,8 @@ def test_shard_worker_killed_under_load_loses_nothing_and_answers_again(
                              if shard_of(r.tracking_id, SHARDS) == victim]
                 assert on_victim, "no session landed on the shard to kill"
                 probe = on_victim[0].tracking_id
+                watching = await ws_connect(srv, probe)
+                seen = asyncio.create_task(_watch_until_delivered(watching))
                 riding = asyncio.create_task(stream.run(client))
                 assert await until(lambda: stream.acked_total() >= 80, 60)
                 os.kill(old_pid, signal.SIGKILL)
@@ -71,6 +75,14 @@ def test_shard_worker_killed_under_load_loses_nothing_and_answers_again(
                 await riding
                 assert all(r.done for r in stream.rides)
                 await verify_durable(client, stream, stubs, srv.service_secret)
+                # The watcher of a session on the killed shard: the gateway watched again and
+                # pushed the current state, but never an event the socket already had.
+                events = await asyncio.wait_for(seen, timeout(30))
+                await watching.close()
+                assert len(set(events)) == len(events), f"an event came twice: {events}"
+                seqs = [seq for _, seq in events]
+                assert seqs == sorted(seqs), f"events out of order: {events}"
+                assert seqs[-1] == on_victim[0].acked[-1].seq
                 return recovery
 
         recovery_s = asyncio.run(scenario())
@@ -82,6 +94,19 @@ def test_shard_worker_killed_under_load_loses_nothing_and_answers_again(
     record_property("shard_recovery_s", round(recovery_s, 3))
     print(f"\nshard recovery after SIGKILL: {recovery_s:.2f} s "
           f"(riders saw {stream.unanswered} unanswered requests)")
+
+
+async def _watch_until_delivered(ws: ClientConnection) -> list[tuple[str, int]]:
+    """(type, seq) of every location_update and status_change, up to DELIVERED."""
+    first = await recv_json(ws)
+    assert first["type"] == "initial_state", first
+    events: list[tuple[str, int]] = []
+    while True:
+        msg = await recv_json(ws, 60)
+        if msg["type"] in ("location_update", "status_change"):
+            events.append((msg["type"], msg["data"]["seq"]))
+            if msg["type"] == "status_change" and msg["data"]["status"] == "DELIVERED":
+                return events
 
 
 def test_dispatcher_killed_is_restarted_by_ray_and_delivers_what_is_owed(
