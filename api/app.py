@@ -92,7 +92,7 @@ def create_app(settings: Settings) -> LeanUpdates:
     app.include_router(routes.router)
     app.include_router(ws.router)
     app.include_router(pages.router)
-    return LeanUpdates(app, live, tokens, settings.max_body_bytes, limits)
+    return LeanUpdates(app, live, tokens, settings.max_body_bytes, limits, ws.watch)
 
 
 def app_from_env() -> LeanUpdates:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Final, cast
 
 import msgspec
+from starlette.websockets import WebSocket
 
 from api.auth import Principal, Role, TokenVerifier
 from api.errors import http_status
@@ -40,6 +41,7 @@ from engine.protocol import ID_MAX, BatchAnswer, BatchedFix, BatchFix, LocationR
 log = logging.getLogger(__name__)
 
 PATH_PREFIX: Final = "/tracking/update/"
+WATCH_PREFIX: Final = "/ws/tracking/"
 ROUTE: Final = "/tracking/update/{tracking_id}"
 _report = msgspec.json.Decoder(LocationReport)
 _error_body = msgspec.json.Encoder()
@@ -49,6 +51,9 @@ class ErrorBody(msgspec.Struct):
     detail: str
 
 _ACCEPTED = {"http": UPDATES.labels("http", "accepted"), "ws": UPDATES.labels("ws", "accepted")}
+
+
+WatchHandler = Callable[[WebSocket, str], Awaitable[None]]
 
 
 @dataclass
@@ -149,21 +154,34 @@ class _Refused(Exception):
 
 
 class LeanUpdates:
-    """Serves `POST /tracking/update/{id}` before the framework; passes everything else on."""
+    """Serves `POST /tracking/update/{id}` before the framework, and hands a watch socket
+    (`/ws/tracking/{id}`) straight to its handler; passes everything else on."""
 
     def __init__(
         self, app: ASGIApp, live: Live, tokens: TokenVerifier, max_body_bytes: int,
-        limits: Limits | None = None,
+        limits: Limits | None = None, watch: WatchHandler | None = None,
     ) -> None:
         self.app = app
         self.live = live
         self.tokens = tokens
         self.max_body_bytes = max_body_bytes
         self.limits = limits
+        self.watch = watch
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path")
         engine = self.live.engine
+        if (
+            scope.get("type") == "websocket" and self.watch is not None and engine is not None
+            and isinstance(path, str) and path.startswith(WATCH_PREFIX)
+            and "/" not in path[len(WATCH_PREFIX):]
+        ):
+            # The route FastAPI would pick, without its routing and dependency solving (a third
+            # of the API process's time per connection in a storm, `loadtests.storm`). The
+            # handler reads the app's state through the scope, as under the framework.
+            scope["app"] = self.app
+            await self.watch(WebSocket(scope, receive, send), path[len(WATCH_PREFIX):])
+            return
         if (
             scope.get("type") != "http" or scope.get("method") != "POST"
             or not isinstance(path, str) or not path.startswith(PATH_PREFIX)
