@@ -3,6 +3,11 @@ against the alternatives it was chosen over (untyped tuples, or the structs them
 pickle, as Ray would ship them). Pure CPU, one process, no Ray.
 
     python -m loadtests.wire_bench --batch 2000 --rounds 50
+    python -m loadtests.wire_bench --ray --calls 2000      # what one Ray actor call costs
+
+With `--ray`, it starts a private local Ray instance and reports the calling process's CPU and
+the wall time per sequential call to a trivial actor: the cost that made the shards carry their
+traffic on sockets of their own (engine/runtime/channel.py).
 """
 
 from __future__ import annotations
@@ -38,7 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--batch", type=int, default=2000, help="commands per batch")
     ap.add_argument("--rounds", type=int, default=50, help="best of this many rounds")
+    ap.add_argument("--ray", action="store_true", help="time Ray actor calls instead")
+    ap.add_argument("--calls", type=int, default=2000, help="with --ray: calls to time")
     a = ap.parse_args(argv)
+    if a.ray:
+        return _ray_calls(a.calls)
     n = a.batch
     ids = [f"TRK-{i:020d}" for i in range(n)]
     typed = p.CallRequest(
@@ -65,6 +74,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'encode + decode, per item':<{width}}  us")
     for name, fn in cases:
         print(f"{name:<{width}}  {_best(fn, a.rounds) / n * 1e6:.3f}")
+    return 0
+
+
+def _ray_calls(calls: int) -> int:
+    from engine.runtime import ray_cluster  # the one module that calls Ray
+
+    ray_cluster.start_local_for_tests()
+    try:
+        cpu, wall = ray_cluster.call_cost(calls)
+    finally:
+        ray_cluster.shutdown()
+    print(f"Ray actor call, {calls} sequential calls: {cpu * 1e6:.0f} us of the caller's CPU,"
+          f" {wall * 1e6:.0f} us wall, per call")
     return 0
 
 

@@ -1,9 +1,10 @@
 """The data plane between API processes and shard actors: one TCP connection per use.
 
 Ray places, supervises, restarts and names the shard actors; it does not carry their traffic.
-Measured on this 2-core box, one Ray actor call cost the calling process about 850 us of CPU
-(`python -m loadtests.wire_bench --ray`), as much as the rest of an update's whole path, and at
-2,000 updates/s the calls alone took most of a core. So each shard actor serves its host on a
+Measured on this 2-core box, one Ray actor call costs the calling process about 0.5 ms of CPU
+and 0.9 ms of wall time (`python -m loadtests.wire_bench --ray`: 478-548 us, 2026-12-02), as
+much as the rest of an update's whole path, and at 2,000 updates/s the calls alone took most of
+a core. So each shard actor serves its host on a
 socket of its own, and API processes send the same msgpack frames (`engine.protocol`) over it:
 a call costs a send and a receive.
 

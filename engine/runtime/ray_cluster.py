@@ -27,6 +27,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -236,6 +237,26 @@ def start_local_for_tests() -> str:
         log_to_driver=False,
     )
     return address()
+
+
+class _Echo:
+    def echo(self, x: int) -> int:
+        return x
+
+
+def call_cost(calls: int) -> tuple[float, float]:
+    """What one Ray actor call costs the calling process: (CPU seconds, wall seconds) per call
+    of `calls` sequential calls to a trivial actor started for it (in the Ray instance this
+    process joined; killed after). For `loadtests.wire_bench --ray`."""
+    actor: Any = ray.remote(num_cpus=0)(_Echo).remote()
+    try:
+        ray.get(actor.echo.remote(0))  # started, and the call path warm
+        wall, cpu = time.perf_counter(), time.process_time()
+        for i in range(calls):
+            ray.get(actor.echo.remote(i))
+        return (time.process_time() - cpu) / calls, (time.perf_counter() - wall) / calls
+    finally:
+        ray.kill(actor)
 
 
 def address() -> str:
