@@ -235,7 +235,8 @@ class Gateway:
         The first socket on a session asks its shard to watch it for this process; the others
         start from the view this process holds: every accepted change of a watched session
         reaches it as a location_update, in order, so that view is as current as anything the
-        sockets will be sent (measured: the shard call was a fifth of a connection's cost).
+        sockets will be sent (py-spy during `python -m loadtests.storm`: the shard call was a
+        fifth of a connection's cost).
         A resuming socket always asks the shard: only it can replay what the socket missed."""
         w = Watcher(tracking_id, sink, self.queue_max, milestones)
         known = self.views.get(tracking_id)

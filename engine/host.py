@@ -3,16 +3,15 @@ checkpointer, on threads.
 
 Calls, polls and the background work share the shard under one lock. Under Ray the shard actor
 is a threaded actor: calls run on its default thread, polls block in a thread group of their
-own. Measured on this box against an asyncio actor with the same calls
-(2 actors, 5-command calls, a long-poll outstanding on each): round trip p50 2.8-3.2 ms against
-3.3-4.2 ms, p99 6.5 ms against 7.3-10.9 ms, as a call no longer hops from Ray's thread into an
-event loop thread and back.
+own. (It replaced an asyncio actor, whose calls hopped from Ray's thread into an event loop
+thread and back; the threaded one was faster in round trips at p50 and p99 on this box. That
+comparison's benchmark went with the asyncio actor.) Calls and polls now arrive on the shard's
+own socket (`engine.runtime.channel`), served on threads the same way.
 
-Event transport (measured with `loadtests/transport_bench.py`, then `engine_bench.py`): each API
-process reads its events by cursor, faster than a Ray streaming generator. A call's reply
-carries the events queued for the caller's gateway; a long-poll returns the ones no reply has
-carried yet. Either returns everything since the acknowledged cursor, so a burst travels in one
-Ray reply, and an event lost with a crashed reply is returned again by the next poll.
+Event transport: each API process reads its events by cursor. A call's reply carries the events
+queued for the caller's gateway; a long-poll returns the ones no reply has carried yet. Either
+returns everything since the acknowledged cursor, so a burst travels in one reply, and an event
+lost with a crashed reply is returned again by the next poll.
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ is acknowledged; the outbox rows of that batch are in the same transaction.
 The journal is append-only and is also the history: each row carries the journal id of its
 session's previous change (`prev`), so a session's history is a walk back along that chain from
 its newest row (the shard keeps that id in memory). An index by session would be written at a
-random page per change; measured, that (or moving rows into such an index later) cost 20-80 us
-per update against about 5 us appended, and was the largest cost of the journal. Recovery reads
+random page per change; when it was tried, that (or moving rows into such an index later) cost
+several times the append per update, and was the largest cost of the journal. Recovery reads
 a checkpoint (every session's state as of journal id W, written by a background thread into its
 own file) and replays the journal rows after W.
 """
