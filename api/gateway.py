@@ -61,12 +61,16 @@ _OUT = {EventKind.LOCATION: Out.LOCATION, EventKind.STATUS: Out.STATUS,
 _EXPIRED_FRAME = prepare_text(EXPIRED_MESSAGE)
 
 
+def _seq_of(item: tuple[Out, int, bytes]) -> int:
+    return item[1]
+
+
 class Watcher:
     """One local socket watching one session."""
 
     __slots__ = (
-        "closed", "held", "last_seq", "maxlen", "milestones", "min_seq", "sink", "stalled_since",
-        "tracking_id",
+        "closed", "held", "last_seq", "maxlen", "milestones", "min_seq", "resume_from", "sink",
+        "stalled_since", "tracking_id",
     )  # fmt: skip
 
     def __init__(
@@ -81,6 +85,9 @@ class Watcher:
         self.held: deque[tuple[Out, int, bytes]] = deque()  # waiting for the buffer to drain
         self.min_seq: int | None = None  # None until initial_state was written
         self.last_seq = -1  # the newest event this socket was given
+        # While its shard is resynced: the newest seq it had when the shard came back. Live
+        # events wait in `held` meanwhile, so that what it missed goes out first, in order.
+        self.resume_from: int | None = None
         self.closed = False
         self.stalled_since: float | None = None
 
@@ -93,7 +100,7 @@ class Watcher:
             return  # initial_state already showed it
         if seq > self.last_seq:
             self.last_seq = seq
-        if min_seq is None or self.held or not self.sink.ready:
+        if min_seq is None or self.held or not self.sink.ready or self.resume_from is not None:
             self._hold(kind, seq, frame)
             return
         self.sink.write(frame)
@@ -113,7 +120,7 @@ class Watcher:
                 self.close(TRY_AGAIN_LATER, TOO_SLOW_REASON)
                 return
         q.append((kind, seq, frame))
-        if self.min_seq is not None:
+        if self.min_seq is not None and self.resume_from is None:
             self._wait_for_drain()
 
     def _wait_for_drain(self) -> None:
@@ -141,6 +148,41 @@ class Watcher:
             return
         self.offer(Out.LOCATION, seq, frame)
 
+    def mark_resume(self) -> None:
+        """Its shard came back: remember what this socket had, and hold live events until
+        `catch_up` (kept if already marked)."""
+        if self.min_seq is not None and self.resume_from is None and not self.closed:
+            self.resume_from = self.last_seq
+
+    def catch_up(self, missed: list[tuple[Out, int, bytes]]) -> None:
+        """After a resync: what this socket missed (events after `resume_from` that are not
+        held already), merged by seq with what it holds, then written in order."""
+        had = self.resume_from
+        if had is None:
+            return
+        self.resume_from = None
+        held = list(self.held)
+        known = {seq for _, seq, _ in held}
+        tail = [it for it in held if it[0] is Out.EXPIRED]  # seq 0: always last
+        items = [it for it in held if it[0] is not Out.EXPIRED] + [
+            (kind, seq, frame) for kind, seq, frame in missed
+            if seq > had and seq not in known and (kind is not Out.MILESTONE or self.milestones)
+        ]
+        items.sort(key=_seq_of)  # stable: a seq's location, then its status change
+        self.held = deque()
+        for kind, seq, frame in items + tail:
+            if seq > self.last_seq:
+                self.last_seq = seq
+            if self.held or not self.sink.ready:
+                self.held.append((kind, seq, frame))
+                continue
+            self.sink.write(frame)
+            if kind is Out.EXPIRED:
+                self.close(POLICY_VIOLATION, SESSION_EXPIRED)
+                return
+        if self.held:
+            self._wait_for_drain()
+
     def _replay(self, kind: Out, seq: int, frame: bytes) -> None:
         self.last_seq = max(self.last_seq, seq)
         # In order, never conflated: a replay is bounded by the shard (TRACKING_RESUME_MAX_...).
@@ -152,6 +194,8 @@ class Watcher:
 
     def flush(self) -> None:
         """The buffer drained (or the socket went away): write what was held, in order."""
+        if self.resume_from is not None:
+            return  # catch_up writes it, after what the socket missed
         sink, q = self.sink, self.held
         if not sink.open:
             self.closed = True
@@ -332,8 +376,13 @@ class Gateway:
             FANNED_OUT.inc(sent)
 
     def resync(self, shard: int) -> None:
-        """A restarted shard (or one that dropped our backlog) lost our watches: watch again and
-        push the current state, so no socket silently misses a change."""
+        """A restarted shard (or one that dropped our backlog) lost our watches: watch again,
+        resuming from what the sockets had, and send each what it missed (from the journal) before
+        anything newer; when that is too old to replay, the current state."""
+        for tid, watchers in self.subs.items():
+            if self.engine.shard_for(tid) == shard:
+                for w in watchers:
+                    w.mark_resume()  # before this feed's events are delivered
         if shard in self._resyncing:
             self._resyncing[shard] = True  # run once more when the current pass ends
             return
@@ -353,18 +402,37 @@ class Gateway:
     async def _resync(self, shard: int) -> None:
         mine = [t for t in self.subs if self.engine.shard_for(t) == shard]
         self._presence[shard].update(mine)  # a restarted shard lost the counts too
-        for tid in mine:
-            self.views.pop(tid, None)  # not known to be current until the shard says
-            try:
-                watched = await self.engine.watch(tid, self.id)
-            except Expired:
-                for w in list(self.subs.get(tid, ())):
-                    w.offer(Out.EXPIRED, 0, _EXPIRED_FRAME)
-                continue
-            except TrackingError as e:
-                log.info("resync of %s: %s", tid, e.detail)
-                continue
-            self._hold_view(tid, watched)
-            frame = prepare_text(location_update(watched.view))
+        # All at once: the engine client sends them to the shard in one batch.
+        await asyncio.gather(*(self._resync_one(tid) for tid in mine))
+
+    async def _resync_one(self, tid: str) -> None:
+        self.views.pop(tid, None)  # not known to be current until the shard says
+        # Resume from the oldest event a started socket here has: a shard that died between its
+        # commit and its publish took those events' delivery with it, not the journal.
+        started = [w.last_seq if w.resume_from is None else w.resume_from
+                   for w in self.subs.get(tid, ()) if w.min_seq is not None]
+        since = min(started) if started else None
+        try:
+            watched = await self.engine.watch(tid, self.id, since)
+        except Expired:
             for w in list(self.subs.get(tid, ())):
+                w.catch_up([])
+                w.offer(Out.EXPIRED, 0, _EXPIRED_FRAME)
+            return
+        except BaseException as e:
+            if isinstance(e, TrackingError):
+                log.info("resync of %s: %s", tid, e.detail)
+            for w in list(self.subs.get(tid, ())):
+                w.catch_up([])  # what arrived live meanwhile still goes out
+            if isinstance(e, TrackingError):
+                return
+            raise
+        self._hold_view(tid, Watched(watched.seq, watched.view))
+        missed = [(_OUT[e.kind], e.seq, prepare_text(e.frame)) for e in watched.missed]
+        frame = prepare_text(location_update(watched.view))
+        for w in list(self.subs.get(tid, ())):
+            if watched.recovered and w.min_seq is not None:
+                w.catch_up(missed)  # in order, each at most once
+            else:  # too old to replay (or a socket still starting): the current state
+                w.catch_up([])
                 w.offer_current(watched.seq, frame)

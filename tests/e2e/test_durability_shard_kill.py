@@ -77,12 +77,16 @@ def test_shard_worker_killed_under_load_loses_nothing_and_answers_again(
                 await verify_durable(client, stream, stubs, srv.service_secret)
                 # The watcher of a session on the killed shard: the gateway watched again and
                 # pushed the current state, but never an event the socket already had.
-                events = await asyncio.wait_for(seen, timeout(30))
+                first, events = await asyncio.wait_for(seen, timeout(30))
                 await watching.close()
                 assert len(set(events)) == len(events), f"an event came twice: {events}"
                 seqs = [seq for _, seq in events]
                 assert seqs == sorted(seqs), f"events out of order: {events}"
                 assert seqs[-1] == on_victim[0].acked[-1].seq
+                # Every change after the socket's initial_state, none missing: also the ones a
+                # shard killed between its commit and its publish never sent (replayed).
+                locations = [seq for kind, seq in events if kind == "location_update"]
+                assert locations == list(range(first + 1, seqs[-1] + 1)), events
                 return recovery
 
         recovery_s = asyncio.run(scenario())
@@ -96,8 +100,9 @@ def test_shard_worker_killed_under_load_loses_nothing_and_answers_again(
           f"(riders saw {stream.unanswered} unanswered requests)")
 
 
-async def _watch_until_delivered(ws: ClientConnection) -> list[tuple[str, int]]:
-    """(type, seq) of every location_update and status_change, up to DELIVERED."""
+async def _watch_until_delivered(ws: ClientConnection) -> tuple[int, list[tuple[str, int]]]:
+    """The initial_state's seq, and (type, seq) of every location_update and status_change
+    after it, up to DELIVERED."""
     first = await recv_json(ws)
     assert first["type"] == "initial_state", first
     events: list[tuple[str, int]] = []
@@ -106,7 +111,7 @@ async def _watch_until_delivered(ws: ClientConnection) -> list[tuple[str, int]]:
         if msg["type"] in ("location_update", "status_change"):
             events.append((msg["type"], msg["data"]["seq"]))
             if msg["type"] == "status_change" and msg["data"]["status"] == "DELIVERED":
-                return events
+                return int(first["data"]["seq"]), events
 
 
 def test_dispatcher_killed_is_restarted_by_ray_and_delivers_what_is_owed(
