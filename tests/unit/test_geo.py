@@ -79,8 +79,12 @@ def test_triangle_inequality(
 @settings(deadline=None)
 @given(points, points)
 def test_agrees_with_an_independent_formula(a: tuple[float, float], b: tuple[float, float]) -> None:
-    # 1 cm: near antipodal points the vector formula loses digits (1.35 mm seen by hypothesis).
-    assert haversine_km(*a, *b) == pytest.approx(vector_distance_km(a, b), abs=1e-5)
+    # 1 cm anywhere a delivery could be. Within a few km of the antipode the haversine is
+    # ill-conditioned (asin(sqrt(h)) at h -> 1: a rounding of h costs up to R * sqrt(eps), about
+    # 0.1 m; 0.11 m seen by hypothesis), so there it only has to agree to 1 m.
+    expected = vector_distance_km(a, b)
+    near_antipode = expected > EARTH_RADIUS_KM * (math.pi - 1e-3)
+    assert haversine_km(*a, *b) == pytest.approx(expected, abs=1e-3 if near_antipode else 1e-5)
 
 
 @settings(deadline=None)
