@@ -50,26 +50,22 @@ class OneWriteCycle(RequestResponseCycle):
     async def send(self, message: ASGISendEvent) -> None:
         kind = message["type"]
         if kind == "http.response.start" and not self.response_started:
-            self._head = await self._held(message)
+            self._head = (await self._capture(message)).chunks
             return
         head = self._head
         if head is None or kind != "http.response.body":
             await super().send(message)
             return
         self._head = None
-        real = self.transport
-        held = _Held(real)
-        self.transport = held  # type: ignore[assignment]
-        try:
-            await super().send(message)
-        finally:
-            self.transport = real
+        held = await self._capture(message)
+        real = held.transport
         if not real.is_closing():
             real.write(b"".join(head + held.chunks))
         if held.closing:
             real.close()
 
-    async def _held(self, message: ASGISendEvent) -> list[bytes]:
+    async def _capture(self, message: ASGISendEvent) -> _Held:
+        """uvicorn's own send of `message`, with what it writes (or a close) kept, not sent."""
         real = self.transport
         held = _Held(real)
         self.transport = held  # type: ignore[assignment]
@@ -77,7 +73,7 @@ class OneWriteCycle(RequestResponseCycle):
             await super().send(message)
         finally:
             self.transport = real
-        return held.chunks
+        return held
 
 
 class TrackingHttpProtocol(HttpToolsProtocol):
