@@ -14,7 +14,16 @@ from typing import Any, Protocol
 from engine.domain.errors import TrackingError
 from engine.domain.integrations import OutboxItem
 from engine.domain.outbox_policy import Outcome
-from engine.domain.session import Change, Lifetimes, Session
+from engine.domain.session import (
+    APPROACHING,
+    ARRIVED,
+    LATE,
+    Change,
+    Lifetimes,
+    Session,
+    milestones_of,
+)
+from engine.domain.status import Status
 from engine.domain.view import HistoryItem
 
 
@@ -137,3 +146,19 @@ class OutboxStore(Protocol):
         """Forget delivered calls finished before `older_than`."""
 
     def close(self) -> None: ...
+
+
+HistoryRow = tuple[int, str, str | None, float | None, float | None, float, float | None, int]
+
+
+def history_items(rows: Iterable[HistoryRow]) -> list[HistoryItem]:
+    """History rows as both stores select them: (seq, status, previous_status, lat, lng, at,
+    fix_at, flags)."""
+    return [
+        HistoryItem(
+            seq, Status(st), Status(prev) if prev else None, lat, lng, int(at),
+            None if fix_at is None else int(fix_at), bool(flags & LATE),
+            milestones_of(flags) if flags & (APPROACHING | ARRIVED) else (),
+        )
+        for seq, st, prev, lat, lng, at, fix_at, flags in rows
+    ]

@@ -43,16 +43,11 @@ import psycopg
 from engine.domain.integrations import OutboxItem
 from engine.domain.outbox_policy import Outcome
 from engine.domain.session import (
-    APPROACHING,
-    ARRIVED,
-    LATE,
     ROW_COLUMNS,
     Lifetimes,
     Session,
     SessionRow,
-    milestones_of,
 )
-from engine.domain.status import Status
 from engine.domain.view import HistoryItem
 from engine.store.base import (
     CheckpointRow,
@@ -61,6 +56,7 @@ from engine.store.base import (
     OutboxRow,
     OutboxStore,
     StoreError,
+    history_items,
 )
 from engine.store.recovery import JournalRow, recover
 
@@ -455,14 +451,7 @@ class PostgresStore:
             " AND seq > %s ORDER BY seq LIMIT %s",
             (self.shard, head, since_seq, limit),
         )
-        return [
-            HistoryItem(
-                seq, Status(st), Status(prev) if prev else None, lat, lng, int(at),
-                None if fix_at is None else int(fix_at), bool(flags & LATE),
-                milestones_of(flags) if flags & (APPROACHING | ARRIVED) else (),
-            )
-            for seq, st, prev, lat, lng, at, fix_at, flags in cur
-        ]
+        return history_items(cur)
 
     def purge(self, sessions: Sequence[tuple[str, int]]) -> None:
         if not sessions:

@@ -27,15 +27,10 @@ import orjson
 from engine.domain.integrations import OutboxItem
 from engine.domain.outbox_policy import Outcome
 from engine.domain.session import (
-    APPROACHING,
-    ARRIVED,
-    LATE,
     ROW_COLUMNS,
     Lifetimes,
     Session,
-    milestones_of,
 )
-from engine.domain.status import Status
 from engine.domain.view import HistoryItem
 from engine.store.base import (
     CheckpointRow,
@@ -43,6 +38,7 @@ from engine.store.base import (
     OutboxMark,
     OutboxRow,
     StoreError,
+    history_items,
 )
 from engine.store.recovery import JournalRow, recover
 
@@ -345,14 +341,7 @@ class SqliteStore:
         # Start from the session's first mark past the page, if any, instead of its newest row.
         mark = self.conn.execute(_MARK, (head, since_seq + limit)).fetchone()
         cur = self.conn.execute(_HISTORY, (mark[0] if mark else head, since_seq, limit))
-        return [
-            HistoryItem(
-                seq, Status(st), Status(prev) if prev else None, lat, lng, int(at),
-                None if fix_at is None else int(fix_at), bool(flags & LATE),
-                milestones_of(flags) if flags & (APPROACHING | ARRIVED) else (),
-            )
-            for seq, st, prev, lat, lng, at, fix_at, flags in cur
-        ]
+        return history_items(cur)
 
     def purge(self, sessions: Sequence[tuple[str, int]]) -> None:
         if not sessions:
